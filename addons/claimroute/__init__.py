@@ -1,0 +1,1 @@
+"""claimroute: JWT verification, claim RBAC and claim routing for mitmproxy."""

@@ -1,0 +1,136 @@
+"""YAML loading that keeps line numbers, so every load error can point at its line.
+
+The file is parsed with ruamel.yaml's round-trip loader (which records positions and rejects
+duplicate keys), then converted to plain Python values. Lines live in a side table keyed by the
+path of each node, and `Loc` walks that table as a parser descends into the document.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .errors import PolicyError
+
+PathKey = tuple[str | int, ...]
+
+MAX_FILE_BYTES = 4 * 1024 * 1024  # a policy is hand-written; anything bigger is a mistake
+
+
+@dataclass(frozen=True, slots=True)
+class Loc:
+    """Where a value sits in its file: file name, path from the root and the line table."""
+
+    file: str
+    path: PathKey = ()
+    lines: Mapping[PathKey, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __truediv__(self, key: str | int) -> Loc:
+        return Loc(self.file, (*self.path, key), self.lines)
+
+    @property
+    def line(self) -> int | None:
+        """1-based line of this node, or of its closest ancestor that has one."""
+        path = self.path
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+    @property
+    def key_path(self) -> str:
+        """Dotted key path, e.g. `providers.corp.jwks` or `routes[0].split.to[1]`."""
+        out = ""
+        for part in self.path:
+            if isinstance(part, int):
+                out += f"[{part}]"
+            else:
+                out += f".{part}" if out else str(part)
+        return out
+
+    def error(self, message: str) -> PolicyError:
+        """A PolicyError for this location (raise it)."""
+        return PolicyError(message, file=self.file, key_path=self.key_path, line=self.line)
+
+
+def _plain(node: Any, path: PathKey, lines: dict[PathKey, int]) -> Any:
+    if isinstance(node, CommentedMap):
+        out = {}
+        for key, value in node.items():
+            if not isinstance(key, str | int | bool | float) or isinstance(key, bool):
+                raise ValueError(f"unsupported mapping key {key!r}")
+            key = str(key)
+            child = (*path, key)
+            with contextlib.suppress(KeyError, TypeError):
+                lines[child] = node.lc.key(key)[0] + 1
+            out[key] = _plain(value, child, lines)
+        return out
+    if isinstance(node, CommentedSeq):
+        out_list = []
+        for index, value in enumerate(node):
+            child = (*path, index)
+            with contextlib.suppress(KeyError, TypeError, IndexError):
+                lines[child] = node.lc.item(index)[0] + 1
+            out_list.append(_plain(value, child, lines))
+        return out_list
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    if isinstance(node, datetime.date):
+        return node.isoformat()
+    raise ValueError(f"unsupported YAML value {node!r}")
+
+
+def parse_yaml_text(text: str, file: str) -> tuple[Any, Loc]:
+    """Parse YAML text into plain values and the root `Loc`; errors name file and line."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise PolicyError(
+            f"file is larger than {MAX_FILE_BYTES} bytes", file=file, key_path="", line=None
+        )
+    yaml = YAML(typ="rt", pure=True)
+    try:
+        raw = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise PolicyError(f"invalid YAML: {problem}", file=file, key_path="", line=line) from None
+    except (YAMLError, RecursionError) as exc:
+        raise PolicyError(f"invalid YAML: {exc}", file=file, key_path="", line=None) from None
+    lines: dict[PathKey, int] = {}
+    try:
+        value = _plain(raw, (), lines)
+    except (ValueError, RecursionError) as exc:
+        raise PolicyError(str(exc), file=file, key_path="", line=None) from None
+    return value, Loc(file, (), lines)
+
+
+def load_yaml_file(path: str | Path) -> tuple[Any, Loc]:
+    """Read and parse a YAML file; a missing or unreadable file is a PolicyError too."""
+    name = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot read file: {exc.strerror}", file=name, key_path="", line=None
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError("file is not UTF-8", file=name, key_path="", line=None) from None
+    return parse_yaml_text(text, name)

@@ -1,0 +1,56 @@
+"""Stage 1: find the token(s) a request carries, in the locations the providers listed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .policy import TokenSource
+from .request import RequestView
+
+
+@dataclass(frozen=True, slots=True)
+class FoundToken:
+    """One credential and where it was found (so the location can be checked and cleaned)."""
+
+    token: str
+    kind: str  # "header" | "query" | "cookie"
+    name: str  # header name (lower-case), query parameter or cookie name
+    prefix: str = ""
+
+
+def extract_tokens(request: RequestView, locations: TokenSource) -> list[FoundToken]:
+    """Every token in the request, at every configured location.
+
+    A header whose value does not start with the location's prefix (e.g. `Basic ...` when the
+    prefix is `Bearer `) is not a token. The prefix compares case-insensitively because the
+    auth scheme is case-insensitive (RFC 9110 §11.1); exactly the prefix is removed, nothing
+    else, so stray whitespace makes the token malformed rather than silently trimmed.
+    """
+    found: list[FoundToken] = []
+    for location in locations.headers:
+        prefix = location.prefix
+        for value in request.headers.get_all(location.name):
+            if prefix:
+                if value[: len(prefix)].lower() != prefix.lower():
+                    continue
+                value = value[len(prefix) :]
+            found.append(FoundToken(value, "header", location.name, prefix))
+    if locations.query_params:
+        wanted = locations.query_params
+        found.extend(FoundToken(v, "query", k) for k, v in request.query if k in wanted)
+    if locations.cookies:
+        wanted = locations.cookies
+        found.extend(FoundToken(v, "cookie", k) for k, v in request.cookies if k in wanted)
+    return found
+
+
+def location_allowed(found: FoundToken, source: TokenSource) -> bool:
+    """Whether the provider that issued the token lists the place it was found (Envoy E16)."""
+    if found.kind == "header":
+        return any(
+            h.name == found.name and h.prefix.lower() == found.prefix.lower()
+            for h in source.headers
+        )
+    if found.kind == "query":
+        return found.name in source.query_params
+    return found.name in source.cookies

@@ -1,0 +1,76 @@
+"""Strict JSON for token parts and key sets.
+
+Python's json module silently keeps the last of duplicate members and accepts NaN, Infinity
+and huge numbers. A proxy that forwards claims to upstreams with other parsers must not (RFC
+7515 §4, RFC 8725 §2.6), so duplicates and non-finite numbers are errors here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+class StrictJSONError(ValueError):
+    """The text is not strict JSON."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise StrictJSONError(f"non-standard JSON literal {name}")
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise StrictJSONError(f"duplicate member {key!r}")
+            seen.add(key)
+    return out
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise StrictJSONError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    # Python refuses ints over 4300 digits with ValueError; claims never need more than 2**64.
+    if len(text) > 40:
+        raise StrictJSONError("integer is out of range")
+    return int(text)
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+    parse_int=_bounded_int,
+    strict=True,
+)
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """Decode UTF-8 JSON strictly (no BOM, no duplicates, finite numbers, bounded depth)."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError:
+        raise StrictJSONError("not UTF-8") from None
+    if text.startswith("\ufeff"):
+        raise StrictJSONError("starts with a byte order mark")
+    text = text.strip(" \t\r\n")
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except StrictJSONError:
+        raise
+    except RecursionError:
+        raise StrictJSONError("nested too deeply") from None
+    except ValueError as exc:
+        raise StrictJSONError(str(exc)) from None
+    if end != len(text):
+        raise StrictJSONError("extra data after the JSON value")
+    return value

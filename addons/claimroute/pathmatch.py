@@ -1,0 +1,95 @@
+"""Request path, method and host matching shared by RBAC permissions and route matches."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from . import schema
+from .source import Loc
+
+_DOUBLE_SLASH = re.compile(r"/{2,}")
+
+
+def normalize_path(path: str) -> str:
+    """The path the rules match on: `//` merged and `.`/`..` segments resolved (RFC 3986 §5.2.4).
+
+    Without this, `/api/pets/../admin` would dodge a rule on `/admin` while an upstream that
+    normalises the path serves `/admin`. The upstream still receives the original path.
+    """
+    if "//" not in path and "/." not in path:
+        return path
+    path = _DOUBLE_SLASH.sub("/", path)
+    out: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    trailing = path.endswith(("/.", "/..")) and out
+    return "/" + "/".join(out) + ("/" if trailing else "")
+
+
+@dataclass(frozen=True, slots=True)
+class PathRule:
+    """One of `{exact: /p}`, `{prefix: /p}` or `{regex: r}` (full match)."""
+
+    kind: str
+    value: str
+    pattern: re.Pattern[str] | None = None
+
+    def matches(self, path: str) -> bool:
+        if self.kind == "exact":
+            return path == self.value
+        if self.kind == "prefix":
+            return path.startswith(self.value)
+        assert self.pattern is not None
+        return self.pattern.fullmatch(path) is not None
+
+
+def parse_path_rules(value: Any, loc: Loc) -> tuple[PathRule, ...]:
+    """A non-empty list of path rules (OR)."""
+    rules = []
+    for index, item in enumerate(schema.sequence(value, loc, non_empty=True)):
+        item_loc = loc / index
+        if isinstance(item, str):
+            raise item_loc.error(f"write {{prefix: {item}}} or {{exact: {item}}}")
+        spec = schema.mapping(item, item_loc, allowed=("exact", "prefix", "regex"))
+        if len(spec) != 1:
+            raise item_loc.error("give exactly one of exact, prefix, regex")
+        kind, raw = next(iter(spec.items()))
+        text = schema.string(raw, item_loc / kind)
+        pattern = None
+        if kind == "regex":
+            try:
+                pattern = re.compile(text)
+            except re.error as exc:
+                raise (item_loc / kind).error(f"invalid regular expression: {exc}") from None
+        elif not text.startswith("/"):
+            raise (item_loc / kind).error("a path starts with /")
+        rules.append(PathRule(kind, text, pattern))
+    return tuple(rules)
+
+
+def parse_methods(value: Any, loc: Loc) -> frozenset[str]:
+    """HTTP methods, compared upper-case."""
+    return frozenset(m.upper() for m in schema.string_list(value, loc, non_empty=True))
+
+
+def parse_hosts(value: Any, loc: Loc) -> frozenset[str]:
+    """Host names (case-insensitive; a port in the request's Host is ignored)."""
+    return frozenset(h.lower() for h in schema.string_list(value, loc, non_empty=True))
+
+
+def request_host(host_header: str | None, target_host: str) -> str:
+    """The host a rule sees: the Host header's name if present, else the target host."""
+    if host_header:
+        name = host_header
+        if name.startswith("["):
+            name = name.split("]", 1)[0] + "]"
+        elif name.count(":") == 1:
+            name = name.split(":", 1)[0]
+        return name.lower()
+    return target_host.lower()

@@ -1,0 +1,332 @@
+"""The policy file: YAML in, validated immutable objects out.
+
+Parsing happens once per load; every mistake is a `PolicyError` naming the file, the key path
+and the line. Nothing downstream reads YAML. The contract is docs/policy.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import schema
+from .claimpath import ClaimPath, parse_claim_path
+from .errors import PolicyError
+from .keys import SUPPORTED_ALGORITHMS, KeyMaterialError, KeySet, key_set_from_text
+from .rbac import Rbac, parse_rbac
+from .routing import Route, parse_routes
+from .source import Loc, load_yaml_file, parse_yaml_text
+
+VALIDATION_MODES = ("require_valid", "allow_missing", "allow_missing_or_failed")
+DEFAULT_CLOCK_SKEW = 60.0
+DEFAULT_CACHE_DURATION = 300.0
+DEFAULT_FETCH_TIMEOUT = 5.0
+# Headers the proxy must never take from a client, whatever the policy says.
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLocation:
+    """A header that may carry the token and its prefix (`Bearer `, case-insensitive)."""
+
+    name: str  # lower-case
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    """Where one provider looks for its token."""
+
+    headers: tuple[HeaderLocation, ...]
+    query_params: tuple[str, ...]
+    cookies: tuple[str, ...]
+
+
+DEFAULT_TOKEN_SOURCE = TokenSource(
+    headers=(HeaderLocation("authorization", "Bearer "),),
+    query_params=("access_token",),
+    cookies=(),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimHeader:
+    """Copy the claim at `claim` to request header `header` after verification."""
+
+    claim: ClaimPath
+    header: str  # lower-case
+
+
+@dataclass(frozen=True, slots=True)
+class LocalJwks:
+    """Keys read from the policy (file or inline), imported once at load."""
+
+    key_set: KeySet
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteJwks:
+    """Keys fetched over HTTP in the background: a JWKS URL or OIDC discovery."""
+
+    url: str | None  # None with discovery
+    discovery: bool
+    issuer: str
+    cache_duration: float
+    timeout: float
+    allowed_algorithms: frozenset[str] | None
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """Two configs with the same identity can share one fetcher across reloads."""
+        return (self.url, self.discovery, self.issuer, self.cache_duration, self.timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """One trusted token issuer and what to do with its tokens."""
+
+    name: str
+    issuer: str
+    audiences: frozenset[str] | None
+    jwks: LocalJwks | RemoteJwks
+    algorithms: frozenset[str] | None
+    token_source: TokenSource
+    keep_token: bool
+    clock_skew: float
+    require_expiration: bool
+    max_lifetime: float | None
+    claims_to_headers: tuple[ClaimHeader, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A whole validated policy file."""
+
+    path: str
+    providers: Mapping[str, Provider]
+    by_issuer: Mapping[str, Provider]
+    validation: str
+    rbac: Rbac | None
+    routes: tuple[Route, ...]
+    identity_headers: frozenset[str]  # every claims_to_headers target: always stripped
+    token_locations: TokenSource  # union of every provider's sources
+    fingerprint: str  # changes whenever the file's content changes
+
+
+_PROVIDER_KEYS = (
+    "issuer", "audiences", "jwks", "algorithms", "token_source", "keep_token", "clock_skew",
+    "require_expiration", "max_lifetime", "claims_to_headers",
+)  # fmt: skip
+_JWKS_KEYS = ("file", "inline", "url", "discovery", "cache_duration", "timeout")
+
+
+def _parse_algorithms(value: Any, loc: Loc) -> frozenset[str]:
+    names = schema.string_list(value, loc, non_empty=True)
+    for index, name in enumerate(names):
+        if name.strip().lower() == "none":
+            raise (loc / index).error("alg 'none' is never accepted")
+        if name not in SUPPORTED_ALGORITHMS:
+            known = ", ".join(sorted(SUPPORTED_ALGORITHMS))
+            raise (loc / index).error(f"unknown algorithm {name!r} (supported: {known})")
+    return frozenset(names)
+
+
+def _parse_jwks(
+    value: Any, loc: Loc, *, base: Path, issuer: str, algorithms: frozenset[str] | None
+) -> LocalJwks | RemoteJwks:
+    spec = schema.mapping(value, loc, allowed=_JWKS_KEYS)
+    sources = [key for key in ("file", "inline", "url") if key in spec]
+    if spec.get("discovery") is not None and schema.boolean(spec["discovery"], loc / "discovery"):
+        sources.append("discovery")
+    if len(sources) != 1:
+        found = ", ".join(sources) or "none"
+        raise loc.error(f"give exactly one of file, inline, url, discovery: true (found: {found})")
+    kind = sources[0]
+    if kind in ("file", "inline"):
+        for remote_only in ("cache_duration", "timeout"):
+            if remote_only in spec:
+                raise (loc / remote_only).error("only applies to a remote JWKS (url or discovery)")
+        try:
+            if kind == "file":
+                name = schema.string(spec["file"], loc / "file")
+                path = (base / name).resolve()
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    raise (loc / "file").error(f"cannot read {path}: {exc.strerror}") from None
+                key_set = key_set_from_text(data, str(path), allowed_algorithms=algorithms)
+                return LocalJwks(key_set, str(path))
+            inline = spec["inline"]
+            text = json.dumps(inline) if isinstance(inline, dict) else inline
+            text = schema.string(text, loc / "inline")
+            key_set = key_set_from_text(text, "inline key", allowed_algorithms=algorithms)
+            return LocalJwks(key_set, "inline")
+        except KeyMaterialError as exc:
+            raise (loc / kind).error(str(exc)) from None
+    cache = schema.duration(
+        spec.get("cache_duration", DEFAULT_CACHE_DURATION), loc / "cache_duration"
+    )
+    timeout = schema.duration(spec.get("timeout", DEFAULT_FETCH_TIMEOUT), loc / "timeout")
+    if cache < 1:
+        raise (loc / "cache_duration").error("must be at least 1s")
+    if not 0 < timeout <= 60:
+        raise (loc / "timeout").error("must be between 0 and 60s")
+    if algorithms is not None and any(alg.startswith("HS") for alg in algorithms):
+        raise loc.error("HMAC algorithms (HS*) need a key from file or inline, never a remote set")
+    url = None
+    if kind == "url":
+        url = schema.string(spec["url"], loc / "url")
+        if not url.startswith(("http://", "https://")):
+            raise (loc / "url").error("must be an http:// or https:// URL")
+    elif not issuer.startswith(("http://", "https://")):
+        raise (loc / "discovery").error("discovery needs an issuer that is an http(s) URL")
+    return RemoteJwks(url, kind == "discovery", issuer, cache, timeout, algorithms)
+
+
+def _parse_token_source(value: Any, loc: Loc) -> TokenSource:
+    spec = schema.mapping(value, loc, allowed=("headers", "query_params", "cookies"))
+    headers = []
+    for index, item in enumerate(schema.sequence(spec.get("headers", []), loc / "headers")):
+        item_loc = loc / "headers" / index
+        entry = schema.mapping(item, item_loc, allowed=("name", "prefix"), required=("name",))
+        name = schema.string(entry["name"], item_loc / "name").lower()
+        prefix = schema.string(entry.get("prefix", ""), item_loc / "prefix", non_empty=False)
+        headers.append(HeaderLocation(name, prefix))
+    params = schema.string_list(spec.get("query_params", []), loc / "query_params")
+    cookies = schema.string_list(spec.get("cookies", []), loc / "cookies")
+    if not (headers or params or cookies):
+        raise loc.error("lists no location at all; the provider could never see a token")
+    return TokenSource(tuple(headers), params, cookies)
+
+
+def _parse_claims_to_headers(value: Any, loc: Loc) -> tuple[ClaimHeader, ...]:
+    out = []
+    seen: set[str] = set()
+    for index, item in enumerate(schema.sequence(value, loc)):
+        item_loc = loc / index
+        entry = schema.mapping(item, item_loc, allowed=("claim", "header"),
+                               required=("claim", "header"))  # fmt: skip
+        header = schema.string(entry["header"], item_loc / "header").lower()
+        if header in RESERVED_HEADERS or header.startswith(":"):
+            raise (item_loc / "header").error(f"header {header!r} cannot carry a claim")
+        if header in seen:
+            raise (item_loc / "header").error(f"header {header!r} is set twice")
+        seen.add(header)
+        out.append(ClaimHeader(parse_claim_path(entry["claim"], item_loc / "claim"), header))
+    return tuple(out)
+
+
+def _parse_provider(name: str, value: Any, loc: Loc, base: Path) -> Provider:
+    spec = schema.mapping(value, loc, allowed=_PROVIDER_KEYS, required=("issuer", "jwks"))
+    issuer = schema.string(spec["issuer"], loc / "issuer")
+    audiences = None
+    if "audiences" in spec:
+        audiences = frozenset(
+            schema.string_list(spec["audiences"], loc / "audiences", non_empty=True)
+        )
+    algorithms = None
+    if "algorithms" in spec:
+        algorithms = _parse_algorithms(spec["algorithms"], loc / "algorithms")
+    jwks = _parse_jwks(spec["jwks"], loc / "jwks", base=base, issuer=issuer, algorithms=algorithms)
+    token_source = DEFAULT_TOKEN_SOURCE
+    if "token_source" in spec:
+        token_source = _parse_token_source(spec["token_source"], loc / "token_source")
+    max_lifetime = None
+    if spec.get("max_lifetime") is not None:
+        max_lifetime = schema.duration(spec["max_lifetime"], loc / "max_lifetime")
+    return Provider(
+        name=name,
+        issuer=issuer,
+        audiences=audiences,
+        jwks=jwks,
+        algorithms=algorithms,
+        token_source=token_source,
+        keep_token=schema.boolean(spec.get("keep_token", False), loc / "keep_token"),
+        clock_skew=schema.duration(spec.get("clock_skew", DEFAULT_CLOCK_SKEW), loc / "clock_skew"),
+        require_expiration=schema.boolean(
+            spec.get("require_expiration", True), loc / "require_expiration"
+        ),
+        max_lifetime=max_lifetime,
+        claims_to_headers=_parse_claims_to_headers(
+            spec.get("claims_to_headers", []), loc / "claims_to_headers"
+        ),
+    )
+
+
+def _union_locations(providers: Mapping[str, Provider]) -> TokenSource:
+    headers: dict[tuple[str, str], HeaderLocation] = {}
+    params: dict[str, None] = {}
+    cookies: dict[str, None] = {}
+    for provider in providers.values():
+        source = provider.token_source
+        for header in source.headers:
+            headers[(header.name, header.prefix.lower())] = header
+        params.update(dict.fromkeys(source.query_params))
+        cookies.update(dict.fromkeys(source.cookies))
+    return TokenSource(tuple(headers.values()), tuple(params), tuple(cookies))
+
+
+def parse_policy(document: Any, root: Loc, *, base: Path, fingerprint: str) -> Policy:
+    """Validate a parsed policy document into a `Policy` (raises PolicyError)."""
+    spec = schema.mapping(
+        document, root, allowed=("version", "providers", "validation", "rbac", "routes"),
+        required=("version", "providers"),
+    )  # fmt: skip
+    version = spec["version"]
+    if version != 1 or isinstance(version, bool):
+        raise (root / "version").error(f"unsupported policy version {version!r}; expected 1")
+    providers_loc = root / "providers"
+    provider_specs = schema.mapping(spec["providers"], providers_loc)
+    if not provider_specs:
+        raise providers_loc.error("needs at least one provider")
+    providers: dict[str, Provider] = {}
+    by_issuer: dict[str, Provider] = {}
+    for name, value in provider_specs.items():
+        provider = _parse_provider(name, value, providers_loc / name, base)
+        if provider.issuer in by_issuer:
+            other = by_issuer[provider.issuer].name
+            raise (providers_loc / name / "issuer").error(
+                f"issuer {provider.issuer!r} is already used by provider {other!r}"
+            )
+        providers[name] = provider
+        by_issuer[provider.issuer] = provider
+    validation = schema.choice(
+        spec.get("validation", "require_valid"), root / "validation", VALIDATION_MODES
+    )
+    rbac = parse_rbac(spec["rbac"], root / "rbac", set(providers)) if "rbac" in spec else None
+    routes = parse_routes(spec["routes"], root / "routes") if "routes" in spec else ()
+    identity = frozenset(h.header for p in providers.values() for h in p.claims_to_headers)
+    return Policy(
+        path=root.file,
+        providers=providers,
+        by_issuer=by_issuer,
+        validation=validation,
+        rbac=rbac,
+        routes=routes,
+        identity_headers=identity,
+        token_locations=_union_locations(providers),
+        fingerprint=fingerprint,
+    )
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read, parse and validate a policy file. Raises PolicyError naming file, key path, line."""
+    path = Path(path)
+    document, root = load_yaml_file(path)
+    fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return parse_policy(document, root, base=path.resolve().parent, fingerprint=fingerprint)
+
+
+def load_policy_text(text: str, name: str, base: Path) -> Policy:
+    """Parse a policy from text (tests, scenarios); relative key files resolve against `base`."""
+    document, root = parse_yaml_text(text, name)
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return parse_policy(document, root, base=base, fingerprint=fingerprint)
+
+
+__all__ = ["Policy", "PolicyError", "Provider", "load_policy", "load_policy_text"]

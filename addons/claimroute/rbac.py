@@ -1,0 +1,180 @@
+"""Stage 3: authorize on claims (docs/policy.md `rbac`).
+
+Deny policies beat allow policies; when nothing matches, `default_action` decides. In
+`dry_run` mode the decision is made and recorded but never blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import schema
+from .matchers import ClaimsMatcher, compile_claims
+from .pathmatch import (
+    PathRule,
+    normalize_path,
+    parse_hosts,
+    parse_methods,
+    parse_path_rules,
+    request_host,
+)
+from .request import RequestView
+from .source import Loc
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who: an optional provider pin AND all claim matchers."""
+
+    provider: str | None
+    claims: ClaimsMatcher | None
+
+    def matches(self, provider: str | None, claims: Mapping[str, Any] | None) -> bool:
+        if self.provider is not None and provider != self.provider:
+            return False
+        return self.claims is None or self.claims.matches(claims)
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What: methods AND paths (any rule) AND hosts; a field left out matches everything."""
+
+    methods: frozenset[str] | None
+    paths: tuple[PathRule, ...] | None
+    hosts: frozenset[str] | None
+
+    def matches(self, request: RequestView, path: str) -> bool:
+        if self.methods is not None and request.method.upper() not in self.methods:
+            return False
+        if self.paths is not None and not any(rule.matches(path) for rule in self.paths):
+            return False
+        if self.hosts is not None:
+            host = request_host(request.header("host"), request.host)
+            if host not in self.hosts:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class RbacPolicy:
+    """A named allow or deny rule: any principal AND the permissions."""
+
+    name: str
+    action: str  # "allow" | "deny"
+    principals: tuple[Principal, ...] | None
+    permissions: Permissions | None
+
+    def matches(
+        self, request: RequestView, path: str, provider: str | None,
+        claims: Mapping[str, Any] | None,
+    ) -> bool:  # fmt: skip
+        if self.permissions is not None and not self.permissions.matches(request, path):
+            return False
+        if self.principals is None:
+            return True
+        return any(p.matches(provider, claims) for p in self.principals)
+
+
+@dataclass(frozen=True, slots=True)
+class RbacResult:
+    """The authorization outcome: allowed or not, which policy decided, and the mode."""
+
+    allowed: bool
+    policy: str | None  # None = the default action decided
+    dry_run: bool
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "decision": "allow" if self.allowed else "deny",
+            "policy": self.policy,
+            "mode": "dry_run" if self.dry_run else "enforce",
+        }
+
+    def summary(self) -> str:
+        """`deny; policy=NAME` style text for the dry-run debug header."""
+        return f"{'allow' if self.allowed else 'deny'}; policy={self.policy or '(default)'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rbac:
+    """All RBAC policies, split by action once at load."""
+
+    dry_run: bool
+    default_allow: bool
+    deny: tuple[RbacPolicy, ...]
+    allow: tuple[RbacPolicy, ...]
+
+    def evaluate(
+        self, request: RequestView, provider: str | None, claims: Mapping[str, Any] | None
+    ) -> RbacResult:
+        """Decide for one request (anonymous requests pass provider=None, claims=None)."""
+        path = normalize_path(request.path)
+        for policy in self.deny:
+            if policy.matches(request, path, provider, claims):
+                return RbacResult(False, policy.name, self.dry_run)
+        for policy in self.allow:
+            if policy.matches(request, path, provider, claims):
+                return RbacResult(True, policy.name, self.dry_run)
+        return RbacResult(self.default_allow, None, self.dry_run)
+
+
+def _parse_principal(value: Any, loc: Loc, providers: set[str]) -> Principal:
+    spec = schema.mapping(value, loc, allowed=("provider", "claims"))
+    provider = None
+    if "provider" in spec:
+        provider = schema.string(spec["provider"], loc / "provider")
+        if provider not in providers:
+            known = ", ".join(sorted(providers))
+            raise (loc / "provider").error(f"no provider named {provider!r} (known: {known})")
+    claims = compile_claims(spec["claims"], loc / "claims") if "claims" in spec else None
+    return Principal(provider, claims)
+
+
+def _parse_permissions(value: Any, loc: Loc) -> Permissions:
+    spec = schema.mapping(value, loc, allowed=("methods", "paths", "hosts"))
+    return Permissions(
+        methods=parse_methods(spec["methods"], loc / "methods") if "methods" in spec else None,
+        paths=parse_path_rules(spec["paths"], loc / "paths") if "paths" in spec else None,
+        hosts=parse_hosts(spec["hosts"], loc / "hosts") if "hosts" in spec else None,
+    )
+
+
+def parse_rbac(value: Any, loc: Loc, providers: set[str]) -> Rbac:
+    """Validate the `rbac` section (raises PolicyError with key path and line)."""
+    spec = schema.mapping(value, loc, allowed=("mode", "default_action", "policies"))
+    mode = schema.choice(spec.get("mode", "enforce"), loc / "mode", ("enforce", "dry_run"))
+    default = schema.choice(
+        spec.get("default_action", "deny"), loc / "default_action", ("allow", "deny")
+    )
+    policies: list[RbacPolicy] = []
+    names: set[str] = set()
+    for index, item in enumerate(schema.sequence(spec.get("policies", []), loc / "policies")):
+        item_loc = loc / "policies" / index
+        entry = schema.mapping(
+            item, item_loc, allowed=("name", "action", "principals", "permissions"),
+            required=("name", "action"),
+        )  # fmt: skip
+        name = schema.string(entry["name"], item_loc / "name")
+        if name in names:
+            raise (item_loc / "name").error(f"policy name {name!r} is used twice")
+        names.add(name)
+        action = schema.choice(entry["action"], item_loc / "action", ("allow", "deny"))
+        principals = None
+        if "principals" in entry:
+            items = schema.sequence(entry["principals"], item_loc / "principals", non_empty=True)
+            principals = tuple(
+                _parse_principal(p, item_loc / "principals" / i, providers)
+                for i, p in enumerate(items)
+            )
+        permissions = None
+        if "permissions" in entry:
+            permissions = _parse_permissions(entry["permissions"], item_loc / "permissions")
+        policies.append(RbacPolicy(name, action, principals, permissions))
+    return Rbac(
+        dry_run=mode == "dry_run",
+        default_allow=default == "allow",
+        deny=tuple(p for p in policies if p.action == "deny"),
+        allow=tuple(p for p in policies if p.action == "allow"),
+    )

@@ -1,0 +1,40 @@
+"""The view of a request that the stages read: no mitmproxy types, so stages test alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class HeaderLookup(Protocol):
+    """Case-insensitive multi-valued headers (mitmproxy's `Headers` satisfies this)."""
+
+    def get_all(self, name: str) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What the stages may look at: method, target, path, query, headers and cookies."""
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str  # without the query string
+    query: tuple[tuple[str, str], ...]
+    headers: HeaderLookup
+    cookies: tuple[tuple[str, str], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """The header's value (several copies joined with `, `), or None when absent."""
+        values = self.headers.get_all(name)
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    @property
+    def realm(self) -> str:
+        """`scheme://host/path` for the RFC 6750 challenge, as Envoy builds it."""
+        default = {"http": 80, "https": 443}.get(self.scheme)
+        authority = self.host if self.port == default else f"{self.host}:{self.port}"
+        return f"{self.scheme}://{authority}{self.path}"

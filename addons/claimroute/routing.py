@@ -1,0 +1,233 @@
+"""Stage 4: pick the upstream from claims, headers, paths and methods (docs/policy.md `routes`).
+
+The first matching route wins; no match leaves the destination alone. A `split` sends a
+sticky share of users to each target with the published bucket formula:
+
+    bucket = int.from_bytes(sha256(f"{salt}:{route name}:{value}")[:8], "big") % 10000
+
+where `value` is the claim at `by` (default `sub`). Target i receives the buckets below
+`cumulative_weight_i * 10000 // total_weight`, in the order given. A request with no value for
+`by` goes to the first target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import schema
+from .claimpath import MISSING, ClaimPath, parse_claim_path, walk
+from .matchers import ClaimsMatcher, HeadersMatcher, compile_claims, compile_headers
+from .pathmatch import PathRule, normalize_path, parse_methods, parse_path_rules
+from .request import RequestView
+from .source import Loc
+
+BUCKETS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a route sends requests: scheme, host and port (the path is kept)."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """AND of the fields given; a field left out matches everything."""
+
+    claims: ClaimsMatcher | None = None
+    headers: HeadersMatcher | None = None
+    paths: tuple[PathRule, ...] | None = None
+    methods: frozenset[str] | None = None
+    authenticated: bool | None = None
+
+    def matches(self, request: RequestView, claims: Mapping[str, Any] | None) -> bool:
+        if self.authenticated is not None and self.authenticated != (claims is not None):
+            return False
+        if self.methods is not None and request.method.upper() not in self.methods:
+            return False
+        if self.paths is not None:
+            path = normalize_path(request.path)
+            if not any(rule.matches(path) for rule in self.paths):
+                return False
+        if self.headers is not None and not self.headers.matches(request.header):
+            return False
+        return self.claims is None or self.claims.matches(claims)
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """A sticky weighted split over targets, by the hash of one claim."""
+
+    by: ClaimPath
+    salt: str
+    targets: tuple[Upstream, ...]
+    boundaries: tuple[int, ...]  # exclusive upper bucket of each target
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One routing rule."""
+
+    name: str
+    match: RouteMatch
+    upstream: Upstream | None
+    split: Split | None
+    preserve_host: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChoice:
+    """The route a request took and where it goes."""
+
+    name: str
+    upstream: str
+    scheme: str
+    host: str
+    port: int
+    preserve_host: bool
+    bucket: int | None = None
+
+
+def split_value(value: Any) -> str | None:
+    """The text hashed for a claim value: strings as is, numbers in decimal, else compact JSON."""
+    if value is MISSING or value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def bucket_of(salt: str, route_name: str, value: str) -> int:
+    """The published sticky bucket in [0, 10000)."""
+    digest = hashlib.sha256(f"{salt}:{route_name}:{value}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
+    if route.upstream is not None:
+        target, bucket = route.upstream, None
+    else:
+        split = route.split
+        assert split is not None
+        value = split_value(walk(claims, split.by))
+        if value is None:
+            target, bucket = split.targets[0], None
+        else:
+            bucket = bucket_of(split.salt, route.name, value)
+            index = next(i for i, bound in enumerate(split.boundaries) if bucket < bound)
+            target = split.targets[index]
+    return RouteChoice(
+        route.name, target.url, target.scheme, target.host, target.port, route.preserve_host,
+        bucket,
+    )  # fmt: skip
+
+
+def choose_route(
+    routes: tuple[Route, ...], request: RequestView, claims: Mapping[str, Any] | None
+) -> RouteChoice | None:
+    """The first matching route's choice, or None to leave the destination as it is."""
+    for route in routes:
+        if route.match.matches(request, claims):
+            return _choose(route, claims)
+    return None
+
+
+def parse_upstream(value: Any, loc: Loc) -> Upstream:
+    """An `http(s)://host[:port]` URL (no path, query or credentials)."""
+    text = schema.string(value, loc)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise loc.error(f"expected http://host:port or https://host:port, got {text!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise loc.error("an upstream is scheme, host and port only (the request path is kept)")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise loc.error(f"invalid port in {text!r}") from None
+    return Upstream(text.rstrip("/"), parts.scheme, parts.hostname, port)
+
+
+def _parse_match(value: Any, loc: Loc) -> RouteMatch:
+    spec = schema.mapping(
+        value, loc, allowed=("claims", "headers", "paths", "methods", "authenticated")
+    )
+    return RouteMatch(
+        claims=compile_claims(spec["claims"], loc / "claims") if "claims" in spec else None,
+        headers=compile_headers(spec["headers"], loc / "headers") if "headers" in spec else None,
+        paths=parse_path_rules(spec["paths"], loc / "paths") if "paths" in spec else None,
+        methods=parse_methods(spec["methods"], loc / "methods") if "methods" in spec else None,
+        authenticated=(
+            schema.boolean(spec["authenticated"], loc / "authenticated")
+            if "authenticated" in spec
+            else None
+        ),
+    )
+
+
+def _parse_split(value: Any, loc: Loc) -> Split:
+    spec = schema.mapping(value, loc, allowed=("by", "salt", "to"), required=("to",))
+    by = parse_claim_path(spec.get("by", "sub"), loc / "by")
+    salt = schema.string(spec.get("salt", ""), loc / "salt", non_empty=False)
+    targets: list[Upstream] = []
+    weights: list[int] = []
+    for index, item in enumerate(schema.sequence(spec["to"], loc / "to", non_empty=True)):
+        item_loc = loc / "to" / index
+        entry = schema.mapping(item, item_loc, allowed=("upstream", "weight"),
+                               required=("upstream", "weight"))  # fmt: skip
+        targets.append(parse_upstream(entry["upstream"], item_loc / "upstream"))
+        weights.append(schema.integer(entry["weight"], item_loc / "weight", minimum=0))
+    total = sum(weights)
+    if total <= 0:
+        raise (loc / "to").error("the weights add up to 0")
+    boundaries, running = [], 0
+    for weight in weights:
+        running += weight
+        boundaries.append(running * BUCKETS // total)
+    return Split(by, salt, tuple(targets), tuple(boundaries))
+
+
+def parse_routes(value: Any, loc: Loc) -> tuple[Route, ...]:
+    """Validate the `routes` section (raises PolicyError with key path and line)."""
+    routes: list[Route] = []
+    names: set[str] = set()
+    for index, item in enumerate(schema.sequence(value, loc)):
+        item_loc = loc / index
+        spec = schema.mapping(
+            item, item_loc, allowed=("name", "match", "upstream", "split", "preserve_host"),
+            required=("name",),
+        )  # fmt: skip
+        name = schema.string(spec["name"], item_loc / "name")
+        if name in names:
+            raise (item_loc / "name").error(f"route name {name!r} is used twice")
+        names.add(name)
+        if ("upstream" in spec) == ("split" in spec):
+            raise item_loc.error("give exactly one of upstream or split")
+        routes.append(
+            Route(
+                name=name,
+                match=_parse_match(spec.get("match", {}), item_loc / "match"),
+                upstream=(
+                    parse_upstream(spec["upstream"], item_loc / "upstream")
+                    if "upstream" in spec
+                    else None
+                ),
+                split=_parse_split(spec["split"], item_loc / "split") if "split" in spec else None,
+                preserve_host=schema.boolean(
+                    spec.get("preserve_host", False), item_loc / "preserve_host"
+                ),
+            )
+        )
+    return tuple(routes)

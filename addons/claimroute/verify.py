@@ -1,0 +1,219 @@
+"""Stage 2: verify a compact JWS JWT strictly, with the checks joserfc leaves to callers.
+
+Order: size and shape (before any decoding) -> header -> payload -> issuer (picks the
+provider) -> algorithm allowlist -> time claims -> signature -> audience. Time is checked before
+the signature so that junk tokens cost no crypto and trigger no key fetch; the audience after
+it, so that an unsigned token cannot learn whether its audience would pass.
+
+The signature itself is checked by joserfc's algorithm layer on exactly the bytes parsed here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc.jws import JWSRegistry
+
+from . import errors as E
+from .errors import Rejection, invalid_token
+from .jsonstrict import StrictJSONError, loads_strict
+from .keys import KeySet
+from .keysource import KeySource
+from .policy import Policy, Provider
+
+MAX_TOKEN_CHARS = 16 * 1024
+MAX_HEADER_CHARS = 4 * 1024
+MAX_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_ALGORITHMS = JWSRegistry.algorithms
+# Header members this verifier understands. `crit` may only name members it understands, and
+# it understands no extension, so any `crit` is refused (RFC 7515 §4.1.11).
+_FORBIDDEN_HEADER_MEMBERS = ("b64", "crit")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A token that passed every check, and the provider that vouched for it."""
+
+    provider: Provider
+    claims: dict[str, Any]
+    header: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    """A structurally valid token, not yet trusted."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+    alg: str
+    kid: str | None
+
+
+def _b64decode(segment: str, what: str) -> bytes:
+    # Strict base64url: the alphabet only, no padding, canonical trailing bits (RFC 7515 §2).
+    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        raise invalid_token(f"Jwt {what} is not valid base64url")
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise invalid_token(f"Jwt {what} is not valid base64url") from None
+    if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != segment:
+        raise invalid_token(f"Jwt {what} is not valid base64url")
+    return data
+
+
+def parse_token(token: str) -> ParsedToken:
+    """Split and decode a compact JWS; every defect is a 401 `invalid_token` Rejection."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise invalid_token(E.JWT_TOO_LARGE)
+    if token.count(".") != 2:
+        raise invalid_token(E.JWT_BAD_FORMAT)
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    if not (header_b64 and payload_b64 and signature_b64):
+        raise invalid_token(E.JWT_BAD_FORMAT)
+    if len(header_b64) > MAX_HEADER_CHARS:
+        raise invalid_token(E.JWT_TOO_LARGE)
+    try:
+        header = loads_strict(_b64decode(header_b64, "header"))
+    except StrictJSONError as exc:
+        raise invalid_token(f"Jwt header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise invalid_token("Jwt header is not a JSON object")
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise invalid_token("Jwt header has no alg")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise invalid_token("Jwt header kid is not a string")
+    for member in _FORBIDDEN_HEADER_MEMBERS:
+        if member in header:
+            raise invalid_token(f"Jwt header member {member!r} is not supported")
+    try:
+        claims = loads_strict(_b64decode(payload_b64, "payload"))
+    except StrictJSONError as exc:
+        raise invalid_token(f"Jwt payload is not valid JSON: {exc}") from None
+    if not isinstance(claims, dict):
+        raise invalid_token("Jwt payload is not a JSON object")
+    signature = _b64decode(signature_b64, "signature")
+    signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+    return ParsedToken(header, claims, signing_input, signature, alg, kid)
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        if name in claims:
+            raise invalid_token(f"Jwt {name} is not a number")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid_token(f"Jwt {name} is not a number")
+    if not math.isfinite(value) or not 0 <= value <= MAX_NUMERIC_DATE:
+        raise invalid_token(f"Jwt {name} is out of range")
+    return float(value)
+
+
+def _check_string_claims(claims: dict[str, Any]) -> None:
+    for name in ("sub", "jti"):
+        if name in claims and not isinstance(claims[name], str):
+            raise invalid_token(f"Jwt {name} is not a string")
+    aud = claims.get("aud")
+    if "aud" in claims and not (
+        isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+    ):
+        raise invalid_token("Jwt aud is not a string or a list of strings")
+
+
+def check_time(claims: dict[str, Any], provider: Provider, now: float) -> None:
+    """exp/nbf/iat types and ranges, expiry, not-before, lifetime (RFC 7519 §4.1.4-4.1.6)."""
+    exp = _numeric_date(claims, "exp")
+    nbf = _numeric_date(claims, "nbf")
+    _numeric_date(claims, "iat")
+    skew = provider.clock_skew
+    if exp is None:
+        if provider.require_expiration:
+            raise invalid_token("Jwt has no exp and the provider requires one")
+    else:
+        # RFC 7519: reject on or after exp; the skew gives clocks some slack.
+        if now >= exp + skew:
+            raise invalid_token(E.JWT_EXPIRED)
+        if provider.max_lifetime is not None and exp - now > provider.max_lifetime + skew:
+            raise invalid_token(E.JWT_LIFETIME_TOO_LONG)
+    if nbf is not None and now + skew < nbf:
+        raise invalid_token(E.JWT_NOT_YET_VALID)
+
+
+def check_audience(claims: dict[str, Any], provider: Provider) -> None:
+    """Any-of, exact and case-sensitive; a token without aud fails when audiences are set."""
+    if provider.audiences is None:
+        return
+    aud = claims.get("aud")
+    values = [aud] if isinstance(aud, str) else aud or []
+    if not any(value in provider.audiences for value in values):
+        raise Rejection(403, E.AUDIENCE_NOT_ALLOWED, None, challenge=False)
+
+
+def check_signature(parsed: ParsedToken, key_set: KeySet) -> bool:
+    """Whether some candidate key verifies the signature under the token's alg."""
+    algorithm = _ALGORITHMS[parsed.alg]
+    for candidate in key_set.candidates(parsed.kid, parsed.alg):
+        try:
+            algorithm.check_key(candidate.key)
+            if algorithm.verify(parsed.signing_input, parsed.signature, candidate.key):
+                return True
+        except Exception:  # any failure inside the primitive simply means "not verified"
+            continue
+    return False
+
+
+def select_provider(parsed: ParsedToken, policy: Policy) -> Provider:
+    """The provider whose issuer is the token's `iss` (exact string match)."""
+    iss = parsed.claims.get("iss")
+    if not isinstance(iss, str):
+        raise invalid_token(E.JWT_UNKNOWN_ISSUER)
+    provider = policy.by_issuer.get(iss)
+    if provider is None:
+        raise invalid_token(E.JWT_UNKNOWN_ISSUER)
+    return provider
+
+
+def check_algorithm(parsed: ParsedToken, provider: Provider, key_set: KeySet | None) -> None:
+    """The alg must be known, allowed for this provider and (when keys exist) for a key."""
+    if parsed.alg not in _ALGORITHMS or parsed.alg == "none":
+        raise invalid_token(E.JWT_ALG_NOT_ALLOWED)
+    if provider.algorithms is not None and parsed.alg not in provider.algorithms:
+        raise invalid_token(E.JWT_ALG_NOT_ALLOWED)
+    if key_set is not None and parsed.alg not in key_set.algorithms:
+        raise invalid_token(E.JWT_ALG_NOT_ALLOWED)
+
+
+async def verify_token(
+    token: str, policy: Policy, key_sources: dict[str, KeySource], now: float
+) -> VerifiedToken:
+    """Verify `token` against `policy`; raises Rejection with the documented status/reason."""
+    parsed = parse_token(token)
+    provider = select_provider(parsed, policy)
+    source = key_sources[provider.name]
+    key_set = source.current()
+    check_algorithm(parsed, provider, key_set)
+    _check_string_claims(parsed.claims)
+    check_time(parsed.claims, provider, now)
+    if key_set is None or (parsed.kid is not None and not key_set.has_kid(parsed.kid)):
+        # Not fetched yet, or an unknown kid (rotation): the source may refetch, rate-limited.
+        key_set = await source.keys_for_kid(parsed.kid)
+        if key_set is None:
+            raise invalid_token(E.JWKS_FETCH_FAILED)
+        check_algorithm(parsed, provider, key_set)
+    if not key_set.candidates(parsed.kid, parsed.alg):
+        raise invalid_token(E.JWT_KID_NOT_FOUND)
+    if not check_signature(parsed, key_set):
+        raise invalid_token(E.JWT_VERIFICATION_FAILS)
+    check_audience(parsed.claims, provider)
+    return VerifiedToken(provider, parsed.claims, parsed.header)

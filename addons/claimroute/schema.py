@@ -12,7 +12,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     if value is None:
         return "null"
     return {
@@ -30,7 +30,7 @@ def mapping(
 ) -> dict[str, Any]:
     """Check that `value` is a mapping with only `allowed` keys and every `required` key."""
     if not isinstance(value, dict):
-        raise loc.error(f"expected a mapping, got {_type_name(value)}")
+        raise loc.error(f"expected a mapping, got {type_name(value)}")
     if allowed is not None:
         allowed_set = set(allowed)
         for key in value:
@@ -46,7 +46,7 @@ def mapping(
 def string(value: Any, loc: Loc, *, non_empty: bool = True) -> str:
     """A string (non-empty unless told otherwise)."""
     if not isinstance(value, str):
-        raise loc.error(f"expected a string, got {_type_name(value)}")
+        raise loc.error(f"expected a string, got {type_name(value)}")
     if non_empty and not value:
         raise loc.error("must not be empty")
     return value
@@ -55,14 +55,14 @@ def string(value: Any, loc: Loc, *, non_empty: bool = True) -> str:
 def boolean(value: Any, loc: Loc) -> bool:
     """A YAML boolean (true/false), never a string or number."""
     if not isinstance(value, bool):
-        raise loc.error(f"expected true or false, got {_type_name(value)}")
+        raise loc.error(f"expected true or false, got {type_name(value)}")
     return value
 
 
 def integer(value: Any, loc: Loc, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer within the given bounds."""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise loc.error(f"expected an integer, got {_type_name(value)}")
+        raise loc.error(f"expected an integer, got {type_name(value)}")
     if minimum is not None and value < minimum:
         raise loc.error(f"must be at least {minimum}")
     if maximum is not None and value > maximum:
@@ -73,14 +73,14 @@ def integer(value: Any, loc: Loc, *, minimum: int | None = None, maximum: int | 
 def number(value: Any, loc: Loc) -> float:
     """An integer or float (not a boolean)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise loc.error(f"expected a number, got {_type_name(value)}")
+        raise loc.error(f"expected a number, got {type_name(value)}")
     return float(value)
 
 
 def sequence(value: Any, loc: Loc, *, non_empty: bool = False) -> list[Any]:
     """A YAML list."""
     if not isinstance(value, list):
-        raise loc.error(f"expected a list, got {_type_name(value)}")
+        raise loc.error(f"expected a list, got {type_name(value)}")
     if non_empty and not value:
         raise loc.error("must not be an empty list")
     return value

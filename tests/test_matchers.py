@@ -1,0 +1,594 @@
+import re
+
+import pytest
+from claimroute.claimpath import MISSING
+from claimroute.errors import PolicyError
+from claimroute.matchers import (
+    OPERATORS,
+    ClaimsMatcher,
+    HeadersMatcher,
+    compile_claims,
+    compile_headers,
+    compile_matcher,
+)
+from claimroute.source import parse_yaml_text
+
+
+def matcher(spec_yaml: str, *, header: bool = False):
+    value, root = parse_yaml_text(f"m: {spec_yaml}\n", "p.yaml")
+    return compile_matcher(value["m"], root / "m", header=header)
+
+
+def check(spec_yaml: str, cases: list[tuple[object, bool]]) -> None:
+    compiled = matcher(spec_yaml)
+    for value, expected in cases:
+        assert compiled.matches(value) is expected, (spec_yaml, value, expected)
+
+
+# --- bare scalars: typed equality, list membership ---------------------------------------------
+
+
+def test_bare_true_matches_json_true_only():
+    check("true", [(True, True), (False, False), ("true", False), (1, False), (1.0, False)])
+    check("true", [([False, True], True), ([1, "true"], False), (MISSING, False), (None, False)])
+
+
+def test_bare_false_is_not_zero_or_empty():
+    check("false", [(False, True), (0, False), ("", False), (None, False), (MISSING, False)])
+
+
+def test_bare_int_equals_float_but_not_bool_or_string():
+    check("1", [(1, True), (1.0, True), (True, False), ("1", False), (2, False), ([3, 1], True)])
+    check("1.0", [(1, True), (1.0, True), (True, False), ("1.0", False)])
+    check("0", [(0, True), (False, False), ([False], False), ([0.0], True)])
+
+
+def test_bare_string_is_case_sensitive_and_typed():
+    check("admin", [("admin", True), ("Admin", False), ("admin ", False), (["dev", "admin"], True)])
+    check("'1'", [("1", True), (1, False), ([1], False), (["1"], True)])
+    check("'true'", [("true", True), (True, False)])
+
+
+def test_bare_null_matches_json_null_not_missing():
+    check("null", [(None, True), (MISSING, False), ("", False), (0, False), ([None], True)])
+
+
+def test_bare_scalar_does_not_match_objects_or_nested_lists():
+    check("a", [({"a": 1}, False), ([["a"]], False), ([], False)])
+
+
+# --- exact -------------------------------------------------------------------------------------
+
+
+def test_exact_scalar_has_no_list_membership():
+    check("{exact: admin}", [("admin", True), (["admin"], False), ("Admin", False)])
+    check("{exact: 1}", [(1, True), (1.0, True), (True, False), ([1], False)])
+    check("{exact: true}", [(True, True), (1, False), ("true", False)])
+    check("{exact: null}", [(None, True), (MISSING, False)])
+
+
+def test_exact_list_is_ordered_and_typed():
+    check(
+        "{exact: [a, 1, true]}",
+        [
+            (["a", 1, True], True),
+            (["a", 1.0, True], True),
+            (["a", True, 1], False),
+            (["a", 1, 1], False),
+            (["a", 1], False),
+            (["a", 1, True, None], False),
+            ("a", False),
+        ],
+    )
+
+
+def test_exact_mapping_is_deep_and_typed():
+    check(
+        "{exact: {tier: gold, level: 2, flags: [x]}}",
+        [
+            ({"tier": "gold", "level": 2, "flags": ["x"]}, True),
+            ({"tier": "gold", "level": 2.0, "flags": ["x"]}, True),
+            ({"tier": "gold", "level": "2", "flags": ["x"]}, False),
+            ({"tier": "gold", "level": 2}, False),
+            ({"tier": "gold", "level": 2, "flags": ["x"], "extra": 1}, False),
+            (["tier"], False),
+        ],
+    )
+
+
+# --- string operators ---------------------------------------------------------------------------
+
+
+def test_prefix():
+    check(
+        "{prefix: /api/}",
+        [
+            ("/api/pets", True),
+            ("/api/", True),
+            ("/ap", False),
+            ("/API/pets", False),
+            (["x", "/api/a"], True),
+            (["x", 5], False),
+            (5, False),
+            (MISSING, False),
+            (None, False),
+        ],
+    )
+
+
+def test_suffix():
+    check(
+        "{suffix: '@corp.example'}",
+        [
+            ("a@corp.example", True),
+            ("a@corp.example.evil", False),
+            (["b@other", "a@corp.example"], True),
+            ([], False),
+        ],
+    )
+
+
+def test_regex_is_a_full_match():
+    check(
+        "{regex: 'team-[a-z]+'}",
+        [
+            ("team-pets", True),
+            ("xteam-pets", False),
+            ("team-pets-2", False),
+            ("team-", False),
+            (["a", "team-b"], True),
+            ([1, "nope"], False),
+        ],
+    )
+
+
+def test_regex_never_matches_numbers():
+    check("{regex: '[0-9]+'}", [("42", True), (42, False), (4.2, False), ([42], False)])
+
+
+def test_regex_alternation_is_anchored_as_a_whole():
+    check("{regex: 'a|b'}", [("a", True), ("b", True), ("ab", False)])
+
+
+def test_regex_inline_flags_work():
+    check("{regex: '(?i)admin'}", [("ADMIN", True), ("admins", False)])
+
+
+def test_string_operators_ignore_non_string_list_elements():
+    check("{prefix: '1'}", [([1, 10], False), ([True], False), (["10"], True)])
+
+
+# --- one_of, contains, present ----------------------------------------------------------------
+
+
+def test_one_of_is_typed_membership():
+    check(
+        "{one_of: [admin, 1, true, null]}",
+        [
+            ("admin", True),
+            (1, True),
+            (1.0, True),
+            (True, True),
+            (None, True),
+            ("1", False),
+            ("true", False),
+            (2, False),
+            (False, False),
+            (MISSING, False),
+            (["x", "admin"], True),
+            (["x", "y"], False),
+        ],
+    )
+
+
+def test_one_of_keeps_bools_and_numbers_apart():
+    check("{one_of: [1, 0]}", [(True, False), (False, False), (0, True)])
+    check("{one_of: [true]}", [(1, False), (1.0, False), (True, True)])
+
+
+def test_contains_on_lists_is_typed():
+    check(
+        "{contains: pets-readers}",
+        [
+            (["a", "pets-readers"], True),
+            (["pets-readers-x"], False),
+            ([], False),
+            (MISSING, False),
+        ],
+    )
+    check("{contains: 1}", [([1], True), ([1.0], True), ([True], False), (["1"], False)])
+    check("{contains: {id: 7}}", [([{"id": 7}], True), ([{"id": 8}], False)])
+
+
+def test_contains_on_strings_is_substring():
+    check(
+        "{contains: read}",
+        [("pets:read", True), ("pets:READ", False), ("rea", False), (5, False)],
+    )
+    # a non-string needle never matches a string value
+    check("{contains: 1}", [("a1b", False)])
+
+
+def test_present():
+    check(
+        "{present: true}",
+        [("x", True), ("", True), (0, True), (False, True), ([], True), (None, False)],
+    )
+    check("{present: true}", [(MISSING, False)])
+    check("{present: false}", [(MISSING, True), (None, True), ("x", False), (False, False)])
+
+
+# --- numeric comparisons ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("op", "below", "equal", "above"),
+    [
+        ("gt", False, False, True),
+        ("gte", False, True, True),
+        ("lt", True, False, False),
+        ("lte", True, True, False),
+    ],
+)
+def test_comparisons(op, below, equal, above):
+    compiled = matcher(f"{{{op}: 10}}")
+    assert compiled.matches(9) is below
+    assert compiled.matches(10) is equal
+    assert compiled.matches(10.0) is equal
+    assert compiled.matches(11) is above
+    assert compiled.matches(9.5) is below
+
+
+@pytest.mark.parametrize("value", ["11", True, False, None, MISSING, [11], {"a": 11}])
+def test_comparisons_need_a_numeric_value(value):
+    assert matcher("{gte: 0}").matches(value) is False
+    assert matcher("{lte: 100}").matches(value) is False
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_comparisons_ignore_non_finite_values(value):
+    assert matcher("{gt: 0}").matches(value) is False
+    assert matcher("{lt: 0}").matches(value) is False
+
+
+def test_comparison_with_a_float_bound_and_big_ints():
+    check("{gt: 0.5}", [(1, True), (0, False)])
+    check("{lt: 9007199254740993}", [(9007199254740992, True), (9007199254740993, False)])
+
+
+def test_several_operators_in_one_mapping_are_anded():
+    check("{gte: 1, lt: 5}", [(0, False), (1, True), (4.9, True), (5, False)])
+    check("{prefix: a, suffix: z}", [("abz", True), ("ab", False), ("bz", False)])
+    check("{present: true, not: {exact: ''}}", [("x", True), ("", False), (MISSING, False)])
+
+
+# --- not, any_of, all_of ----------------------------------------------------------------------
+
+
+def test_not_turns_around_including_missing():
+    check("{not: admin}", [("admin", False), ("dev", True), (["admin"], False), (MISSING, True)])
+    check("{not: {present: true}}", [(MISSING, True), ("x", False)])
+    check("{not: {not: admin}}", [("admin", True), ("dev", False)])
+
+
+def test_any_of():
+    check(
+        "{any_of: [admin, {prefix: 'ops-'}, {gte: 10}]}",
+        [("admin", True), ("ops-1", True), (10, True), ("dev", False), (9, False)],
+    )
+    check("{any_of: [admin, {prefix: 'ops-'}]}", [(["dev", "ops-x"], True), (MISSING, False)])
+
+
+def test_all_of():
+    check(
+        "{all_of: [{contains: a}, {contains: b}]}",
+        [(["a", "b"], True), (["a"], False), (["b", "c"], False)],
+    )
+
+
+def test_nesting():
+    spec = "{any_of: [{all_of: [{gte: 1}, {lt: 3}]}, {not: {any_of: [{gte: 0}, x]}}]}"
+    # matches 1..3, or anything that is neither a number >= 0 nor "x"
+    check(spec, [(2, True), (5, False), ("x", False), ("y", True), (-1, True), (MISSING, True)])
+
+
+def test_missing_matches_nothing_positive():
+    for spec in [
+        "a",
+        "null",
+        "{exact: null}",
+        "{prefix: ''}",
+        "{suffix: ''}",
+        "{regex: '.*'}",
+        "{one_of: [a, null]}",
+        "{contains: a}",
+        "{present: true}",
+        "{gte: 0}",
+        "{any_of: [a, {present: true}]}",
+        "{all_of: [{not: a}, {present: true}]}",
+    ]:
+        assert matcher(spec).matches(MISSING) is False, spec
+
+
+# --- repr and immutability --------------------------------------------------------------------
+
+
+def test_repr_reads_like_the_policy():
+    compiled = matcher("{any_of: [{prefix: /a}, {gte: 1, lt: 5}, {not: {present: false}}, true]}")
+    assert repr(compiled) == (
+        'any_of(prefix("/a"), all_of(gte(1), lt(5)), not(present(false)), eq(true))'
+    )
+    assert repr(matcher("{one_of: [a, 1, null]}")) == 'one_of("a", 1, null)'
+    assert repr(matcher("{regex: 'a.*'}")) == 'regex("a.*")'
+
+
+def test_compiled_matchers_are_frozen_and_compare_by_value():
+    first = matcher("{gte: 1, lt: 5}")
+    assert first == matcher("{gte: 1, lt: 5}")
+    assert first != matcher("{gte: 1, lt: 6}")
+    with pytest.raises(AttributeError):
+        first.matchers = ()  # type: ignore[misc]
+
+
+def test_regex_is_compiled_at_load():
+    compiled = matcher("{regex: 'a+'}")
+    assert isinstance(compiled.pattern, re.Pattern)
+
+
+# --- load errors ------------------------------------------------------------------------------
+
+RBAC_DOC = """\
+rbac:
+  policies:
+    - name: p
+      principals:
+        - claims:
+            sub: alice
+            groups: {spec}
+"""
+GROUPS = "rbac.policies[0].principals[0].claims.groups"
+
+
+def rbac_error(spec: str) -> PolicyError:
+    value, root = parse_yaml_text(RBAC_DOC.format(spec=spec), "p.yaml")
+    loc = root / "rbac" / "policies" / 0 / "principals" / 0 / "claims"
+    with pytest.raises(PolicyError) as info:
+        compile_claims(value["rbac"]["policies"][0]["principals"][0]["claims"], loc)
+    assert str(info.value).startswith(f"p.yaml:{info.value.line}: {info.value.key_path}: ")
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("spec", "suffix", "fragment"),
+    [
+        ("{regex: '(unclosed'}", ".regex", "invalid regular expression '(unclosed'"),
+        ("{regex: 5}", ".regex", "regex needs a string, got an integer"),
+        ("{prefix: 3}", ".prefix", "prefix needs a string, got an integer"),
+        ("{suffix: [a]}", ".suffix", "suffix needs a string, got a list"),
+        ("{gt: x}", ".gt", "gt needs a number, got a string"),
+        ("{lte: true}", ".lte", "lte needs a number, got a boolean"),
+        ("{gte: .inf}", ".gte", "finite"),
+        ("{lt: .nan}", ".lt", "finite"),
+        ("{present: 'yes'}", ".present", "present needs true or false, got a string"),
+        ("{present: 1}", ".present", "present needs true or false, got an integer"),
+        ("{one_of: a}", ".one_of", "one_of needs a list"),
+        ("{one_of: []}", ".one_of", "at least one value"),
+        ("{one_of: [a, [b]]}", ".one_of[1]", "one_of takes scalars"),
+        ("{any_of: []}", ".any_of", "any_of needs at least one matcher"),
+        ("{all_of: []}", ".all_of", "all_of needs at least one matcher"),
+        ("{any_of: a}", ".any_of", "any_of needs a list of matchers"),
+        ("{all_of: [a, {prefix: 1}]}", ".all_of[1].prefix", "prefix needs a string"),
+        ("{not: {regex: '['}}", ".not.regex", "invalid regular expression"),
+        ("{not: [a, b]}", ".not", "a bare list is ambiguous"),
+        ("{any_of: [{bogus: 1}]}", ".any_of[0].bogus", "unknown matcher operator 'bogus'"),
+        ("{}", "", "empty matcher"),
+        ("{not: {}}", ".not", "empty matcher"),
+    ],
+)
+def test_load_errors_name_key_path_and_line(spec, suffix, fragment):
+    error = rbac_error(spec)
+    assert error.key_path == GROUPS + suffix
+    assert error.line == 7
+    assert fragment in error.reason
+
+
+def test_unknown_operator_lists_the_known_ones():
+    error = rbac_error("{contain: admins}")
+    assert error.key_path == GROUPS + ".contain"
+    assert error.line == 7
+    assert "unknown matcher operator 'contain'" in error.reason
+    for op in OPERATORS:
+        assert op in error.reason
+
+
+def test_bare_list_suggests_the_explicit_forms():
+    error = rbac_error("[admins, devs]")
+    assert error.key_path == GROUPS
+    assert error.line == 7
+    for hint in ("one_of", "exact", "contains"):
+        assert hint in error.reason
+
+
+def test_error_line_in_block_style():
+    text = "claims:\n  groups:\n    one_of: [a]\n    regex: '(x'\n"
+    value, root = parse_yaml_text(text, "p.yaml")
+    with pytest.raises(PolicyError) as info:
+        compile_claims(value["claims"], root / "claims")
+    assert info.value.key_path == "claims.groups.regex"
+    assert info.value.line == 4
+    assert str(info.value).startswith("p.yaml:4: claims.groups.regex: invalid regular expression")
+
+
+# --- claims matcher ---------------------------------------------------------------------------
+
+
+def claims_matcher(text: str) -> ClaimsMatcher:
+    value, root = parse_yaml_text(text, "p.yaml")
+    return compile_claims(value["claims"], root / "claims")
+
+
+KUBE = {
+    "sub": "system:serviceaccount:default:svc-a",
+    "kubernetes.io": {"namespace": "default", "serviceaccount": {"name": "svc-a"}},
+    "groups": ["pets-readers", "dev"],
+    "email_verified": True,
+    "realm_access": {"roles": ["admin"]},
+    "level": 3,
+}
+
+
+def test_claims_are_anded():
+    compiled = claims_matcher(
+        "claims:\n"
+        "  sub: system:serviceaccount:default:svc-a\n"
+        "  groups: {contains: pets-readers}\n"
+        "  email_verified: true\n"
+    )
+    assert compiled.matches(KUBE)
+    assert not compiled.matches({**KUBE, "email_verified": "true"})
+    assert not compiled.matches({**KUBE, "groups": ["dev"]})
+    assert not compiled.matches({k: v for k, v in KUBE.items() if k != "sub"})
+
+
+def test_claims_nested_and_bracketed_paths():
+    compiled = claims_matcher(
+        "claims:\n"
+        "  realm_access.roles: admin\n"
+        "  '[kubernetes.io].namespace': default\n"
+        "  '[kubernetes.io].serviceaccount.name': {prefix: svc-}\n"
+    )
+    assert compiled.matches(KUBE)
+    assert not compiled.matches({**KUBE, "kubernetes.io": {"namespace": "kube-system"}})
+    assert not compiled.matches({**KUBE, "realm_access": {"roles": "dev"}})
+    # the dotted claim name is not walked as two levels
+    assert not claims_matcher("claims: {kubernetes.io.namespace: default}").matches(KUBE)
+
+
+def test_claims_empty_matches_everything_including_anonymous():
+    compiled = claims_matcher("claims: {}")
+    assert compiled.matches(KUBE)
+    assert compiled.matches({})
+    assert compiled.matches(None)
+
+
+def test_claims_anonymous_only_passes_absence_matchers():
+    assert claims_matcher("claims: {sub: {present: false}}").matches(None)
+    assert claims_matcher("claims: {sub: {not: alice}}").matches(None)
+    assert not claims_matcher("claims: {sub: {present: true}}").matches(None)
+    assert not claims_matcher("claims: {sub: {not: {present: false}}}").matches(None)
+    assert not claims_matcher("claims: {level: {lt: 10}}").matches(None)
+
+
+def test_claims_typed_numbers_and_booleans():
+    assert claims_matcher("claims: {level: {gte: 1, lt: 5}}").matches(KUBE)
+    assert not claims_matcher("claims: {level: {gte: 1, lt: 3}}").matches(KUBE)
+    assert not claims_matcher("claims: {level: '3'}").matches(KUBE)
+    assert not claims_matcher("claims: {email_verified: 1}").matches(KUBE)
+
+
+def test_claims_repr():
+    compiled = claims_matcher("claims: {'[kubernetes.io].namespace': default, level: {gt: 1}}")
+    assert repr(compiled) == 'claims([kubernetes.io].namespace: eq("default"), level: gt(1))'
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "fragment"),
+    [
+        ("claims: [sub]", "claims", "expected a mapping"),
+        ("claims:\n", "claims", "got null"),
+        ("claims:\n  a..b: x\n", "claims.a..b", "empty segment"),
+        ("claims:\n  '[a.b': x\n", "claims.[a.b", "without a matching ']'"),
+        ("claims:\n  sub: [a, b]\n", "claims.sub", "a bare list is ambiguous"),
+    ],
+)
+def test_claims_load_errors(text, key_path, fragment):
+    value, root = parse_yaml_text(text, "p.yaml")
+    with pytest.raises(PolicyError) as info:
+        compile_claims(value["claims"], root / "claims")
+    assert info.value.key_path == key_path
+    assert fragment in info.value.reason
+    assert info.value.line is not None
+
+
+# --- headers matcher --------------------------------------------------------------------------
+
+
+def headers_matcher(text: str) -> HeadersMatcher:
+    value, root = parse_yaml_text(text, "p.yaml")
+    return compile_headers(value["headers"], root / "headers")
+
+
+def getter(headers: dict[str, str]):
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return lowered.get
+
+
+def test_header_names_are_case_insensitive():
+    compiled = headers_matcher("headers: {X-Debug: on}")
+    assert compiled.entries[0][0] == "x-debug"
+    assert compiled.matches(getter({"X-DEBUG": "on"}))
+    assert not compiled.matches(getter({"X-DEBUG": "ON"}))
+
+
+def test_header_scalars_are_compared_as_strings():
+    assert headers_matcher("headers: {x-debug: 1}").matches(getter({"x-debug": "1"}))
+    assert not headers_matcher("headers: {x-debug: 1}").matches(getter({"x-debug": "1.0"}))
+    assert headers_matcher("headers: {x-flag: true}").matches(getter({"x-flag": "true"}))
+    assert not headers_matcher("headers: {x-flag: true}").matches(getter({"x-flag": "True"}))
+    assert headers_matcher("headers: {x-v: {exact: 2}}").matches(getter({"x-v": "2"}))
+    assert headers_matcher("headers: {x-v: {one_of: [1, false]}}").matches(getter({"x-v": "false"}))
+    assert headers_matcher("headers: {x-v: {contains: 7}}").matches(getter({"x-v": "a7b"}))
+
+
+def test_header_absent_is_missing():
+    assert headers_matcher("headers: {x-debug: {present: false}}").matches(getter({}))
+    assert headers_matcher("headers: {x-debug: {not: '1'}}").matches(getter({}))
+    assert not headers_matcher("headers: {x-debug: {present: true}}").matches(getter({}))
+    assert not headers_matcher("headers: {x-debug: {regex: '.*'}}").matches(getter({}))
+    # an empty header is present
+    assert headers_matcher("headers: {x-debug: {present: true}}").matches(getter({"x-debug": ""}))
+
+
+def test_headers_are_anded_and_string_operators_work():
+    compiled = headers_matcher(
+        "headers:\n  x-canary: {regex: 'yes|1'}\n  user-agent: {prefix: 'curl/'}\n"
+    )
+    assert compiled.matches(getter({"x-canary": "yes", "user-agent": "curl/8.0"}))
+    assert not compiled.matches(getter({"x-canary": "yes", "user-agent": "wget"}))
+    assert not compiled.matches(getter({"user-agent": "curl/8.0"}))
+    assert headers_matcher("headers: {}").matches(getter({}))
+
+
+def test_header_getter_receives_lower_case_names():
+    asked: list[str] = []
+
+    def get(name: str) -> str | None:
+        asked.append(name)
+        return None
+
+    headers_matcher("headers: {X-A: {present: false}, x-B: {present: false}}").matches(get)
+    assert asked == ["x-a", "x-b"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "fragment"),
+    [
+        ("headers: {x-a: null}", "headers.x-a", "cannot be null"),
+        ("headers: {x-a: {exact: [1]}}", "headers.x-a.exact", "a header value is a string"),
+        ("headers: {x-a: {one_of: [a, null]}}", "headers.x-a.one_of[1]", "cannot be null"),
+        ("headers: {x-a: {gt: 1}}", "headers.x-a.gt", "use regex"),
+        ("headers: {x-a: {prefix: 1}}", "headers.x-a.prefix", "prefix needs a string"),
+        ("headers: {x-a: [a]}", "headers.x-a", "a bare list is ambiguous"),
+        ("headers: {'bad name': a}", "headers.bad name", "not a valid header name"),
+        ("headers: {':method': GET}", "headers.:method", "not a valid header name"),
+        ("headers: {X-A: a, x-a: b}", "headers.x-a", "given twice"),
+        ("headers: [x-a]", "headers", "expected a mapping"),
+    ],
+)
+def test_header_load_errors(text, key_path, fragment):
+    value, root = parse_yaml_text(text, "p.yaml")
+    with pytest.raises(PolicyError) as info:
+        compile_headers(value["headers"], root / "headers")
+    assert info.value.key_path == key_path
+    assert info.value.line == 1
+    assert fragment in info.value.reason

@@ -3,11 +3,12 @@ import pickle
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from claimroute.claimpath import MISSING, format_claim_path, parse_claim_path, walk
 from claimroute.errors import PolicyError
 from claimroute.source import parse_yaml_text
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def parse(text: str):

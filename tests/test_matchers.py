@@ -1,6 +1,7 @@
 import re
 
 import pytest
+
 from claimroute.claimpath import MISSING
 from claimroute.errors import PolicyError
 from claimroute.matchers import (

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from mitmproxy.http import Headers
+
 from claimroute.errors import PolicyError
 from claimroute.pathmatch import normalize_path
 from claimroute.rbac import parse_rbac
 from claimroute.request import RequestView
 from claimroute.source import parse_yaml_text
-from mitmproxy.http import Headers
 
 
 def rbac_from(text: str, providers: tuple[str, ...] = ("kube", "corp")):

@@ -6,11 +6,12 @@ import hashlib
 import random
 
 import pytest
+from mitmproxy.http import Headers
+
 from claimroute.errors import PolicyError
 from claimroute.request import RequestView
 from claimroute.routing import bucket_of, choose_route, parse_routes
 from claimroute.source import parse_yaml_text
-from mitmproxy.http import Headers
 
 
 def routes_from(text: str):

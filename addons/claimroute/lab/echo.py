@@ -1,0 +1,162 @@
+"""Echo upstreams: aiohttp servers on loopback that report their own name and record requests.
+
+Also home of `LoopbackServer`, the small aiohttp-on-127.0.0.1 base shared with `JwksServer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Self
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+MAX_BODY = 64 * 1024 * 1024
+
+
+class LoopbackServer:
+    """An aiohttp application bound to 127.0.0.1 on an ephemeral port.
+
+    `start()` after `stop()` binds the SAME port again, so an outage (connection refused) and a
+    recovery can be simulated. Usable as `async with`.
+    """
+
+    def __init__(self) -> None:
+        self._port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    def build_app(self) -> web.Application:
+        """Return the application to serve; subclasses override."""
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        """True while the server accepts connections."""
+        return self._runner is not None
+
+    @property
+    def port(self) -> int:
+        """The bound port (kept across stop/start)."""
+        if self._port is None:
+            raise RuntimeError(f"{type(self).__name__} was never started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL, `http://127.0.0.1:PORT` (no trailing slash)."""
+        return f"http://{HOST}:{self.port}"
+
+    async def start(self) -> Self:
+        """Bind (port 0 the first time, the same port afterwards) and start serving."""
+        if self._runner is not None:
+            return self
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((HOST, self._port or 0))
+        except OSError:
+            sock.close()
+            raise
+        self._port = sock.getsockname()[1]
+        # handler_cancellation: stop() must not wait for a deliberately slow handler.
+        runner = web.AppRunner(
+            self.build_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runner = runner
+        log.debug("%s listening on %s", type(self).__name__, self.url)
+        return self
+
+    async def stop(self) -> None:
+        """Close the listening socket and all connections; the port is remembered."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRequest:
+    """One request as the upstream saw it."""
+
+    method: str
+    path: str  # decoded path
+    raw_path: str  # path and query exactly as sent on the request line
+    query: str  # raw query string, without "?"
+    headers: list[tuple[str, str]]  # in order, duplicates preserved, names as sent
+    body: bytes
+    received_at: float = field(default_factory=time.time)
+
+    def header(self, name: str) -> str | None:
+        """First value of header `name` (case-insensitive), or None."""
+        values = self.header_values(name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        """All values of header `name` (case-insensitive), in order."""
+        lowered = name.lower()
+        return [v for k, v in self.headers if k.lower() == lowered]
+
+
+class EchoUpstream(LoopbackServer):
+    """Answers every method and path with 200 JSON describing the request, and records it.
+
+    Response body: `{"upstream", "method", "path", "query", "headers"}` where `headers` maps
+    lowercased names to values (repeated headers joined with ", "); header `x-upstream: NAME`.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.received: list[ReceivedRequest] = []
+
+    def __repr__(self) -> str:
+        where = self.url if self._port is not None else "not started"
+        return f"EchoUpstream({self.name!r}, {where}, received={len(self.received)})"
+
+    def clear(self) -> None:
+        """Forget the recorded requests."""
+        self.received.clear()
+
+    def build_app(self) -> web.Application:
+        """The catch-all echo application."""
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        self.received.append(
+            ReceivedRequest(
+                method=request.method,
+                path=request.path,
+                raw_path=request.raw_path,
+                query=request.query_string,
+                headers=headers,
+                body=body,
+            )
+        )
+        merged: dict[str, str] = {}
+        for k, v in headers:
+            key = k.lower()
+            merged[key] = f"{merged[key]}, {v}" if key in merged else v
+        payload = {
+            "upstream": self.name,
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "headers": merged,
+        }
+        return web.json_response(payload, headers={"x-upstream": self.name})

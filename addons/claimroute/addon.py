@@ -197,7 +197,12 @@ class ClaimRoute:
                 flow.kill()
             return
         status, body, headers = response_parts(rejection, realm)
-        flow.response = http.Response.make(status, body, headers)
+        if flow.request.method == "HEAD":
+            # A HEAD response has no body, but announces the length a GET would have had.
+            flow.response = http.Response.make(status, b"", headers)
+            flow.response.headers["content-length"] = str(len(body))
+        else:
+            flow.response = http.Response.make(status, body, headers)
 
     def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
         record = decision.record()

@@ -1,0 +1,28 @@
+"""mitmdump refuses to start, with a clear message, when the policy is bad or missing."""
+
+from __future__ import annotations
+
+import pytest
+
+from claimroute.lab.mitmdump import run_mitmdump_until_exit
+
+from .conftest import write
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bad_policy_makes_mitmdump_exit_1_naming_the_key_path(tmp_path):
+    policy = write(
+        tmp_path / "bad.yaml",
+        "version: 1\nproviders:\n  corp:\n    issuer: https://corp.test\n"
+        "    jwks: {file: missing.json}\n    clock_skew: soon\n",
+    )
+    returncode, output = run_mitmdump_until_exit(policy)
+    assert returncode == 1
+    assert f"{policy}:5: providers.corp.jwks.file: cannot read" in output
+
+
+def test_policy_without_any_file_refuses_to_start(tmp_path):
+    returncode, output = run_mitmdump_until_exit(None)
+    assert returncode == 1
+    assert "no policy file" in output

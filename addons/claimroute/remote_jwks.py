@@ -39,6 +39,7 @@ MAX_REDIRECTS = 2
 REFRESH_FRACTION = 0.8  # refresh before the cache lifetime ends, so keys never lapse
 FIRST_FETCH_WAIT = 3.0  # longest a request waits for keys that are not there yet
 DEFAULT_MIN_REFETCH_INTERVAL = 10.0
+COLD_REFETCH_INTERVAL = 1.0  # request-driven fetches while no keys exist at all
 BACKOFF_START = 0.5
 BACKOFF_CAP = 30.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -85,6 +86,7 @@ class RemoteKeySource:
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._last_refetch = -math.inf  # clock() of the last kid-driven refetch
+        self._last_cold_refetch = -math.inf  # clock() of the last request-driven cold fetch
         self._consecutive_failures = 0
         self._closed = False
         self.fetches = 0
@@ -220,9 +222,21 @@ class RemoteKeySource:
     def _try_refetch(self, kid: str | None) -> asyncio.Task[bool] | None:
         """Start a request-driven refetch unless one ran less than the interval ago."""
         now = self._clock()
-        if now - self._last_refetch < self._min_refetch_interval:
+        # Cold-start fetches (no keys at all) have their own, shorter limit, so that recovering
+        # from an outage does not use up the unknown-kid budget a rotation right after needs.
+        cold = self._keys is None
+        interval = (
+            min(COLD_REFETCH_INTERVAL, self._min_refetch_interval)
+            if cold
+            else (self._min_refetch_interval)
+        )
+        last = self._last_cold_refetch if cold else self._last_refetch
+        if now - last < interval:
             return None
-        self._last_refetch = now
+        if cold:
+            self._last_cold_refetch = now
+        else:
+            self._last_refetch = now
         self.refetches += 1
         reason = "no keys yet" if self._keys is None else f"unknown kid {kid!r}"
         log.info("%s: refetching %s (%s)", self.name, self.source_url, reason)

@@ -26,8 +26,8 @@ class LoopbackServer:
     recovery can be simulated. Usable as `async with`.
     """
 
-    def __init__(self) -> None:
-        self._port: int | None = None
+    def __init__(self, port: int | None = None) -> None:
+        self._port: int | None = port or None  # None: a free port is chosen at start()
         self._runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
@@ -116,8 +116,8 @@ class EchoUpstream(LoopbackServer):
     lowercased names to values (repeated headers joined with ", "); header `x-upstream: NAME`.
     """
 
-    def __init__(self, name: str) -> None:
-        super().__init__()
+    def __init__(self, name: str, *, port: int | None = None) -> None:
+        super().__init__(port)
         self.name = name
         self.received: list[ReceivedRequest] = []
 

@@ -36,10 +36,21 @@ def header_value(value: Any) -> str | None:
 
 
 def _safe(text: str) -> str:
-    # A claim must never be able to inject a second header line (CR/LF) into the request.
-    if any(ch in text for ch in "\r\n\0"):
+    # A claim must never be able to inject a second header line (CR/LF) into the request, nor
+    # carry a lone surrogate (legal as a JSON escape, "\ud800") that cannot be sent as UTF-8.
+    if any(ch in text for ch in "\r\n\0") or not _encodable(text):
         return json.dumps(text)[1:-1]
     return text
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def claim_headers(

@@ -27,14 +27,18 @@ def extract_tokens(request: RequestView, locations: TokenSource) -> list[FoundTo
     else, so stray whitespace makes the token malformed rather than silently trimmed.
     """
     found: list[FoundToken] = []
+    # One header value is one credential, even when providers list the same header with
+    # different prefixes (say `Bearer ` and none): the longest matching prefix takes it.
+    by_name: dict[str, list[str]] = {}
     for location in locations.headers:
-        prefix = location.prefix
-        for value in request.headers.get_all(location.name):
-            if prefix:
-                if value[: len(prefix)].lower() != prefix.lower():
-                    continue
-                value = value[len(prefix) :]
-            found.append(FoundToken(value, "header", location.name, prefix))
+        by_name.setdefault(location.name, []).append(location.prefix)
+    for name, prefixes in by_name.items():
+        prefixes.sort(key=len, reverse=True)
+        for value in request.headers.get_all(name):
+            for prefix in prefixes:
+                if value[: len(prefix)].lower() == prefix.lower():
+                    found.append(FoundToken(value[len(prefix) :], "header", name, prefix))
+                    break
     if locations.query_params:
         wanted = locations.query_params
         found.extend(FoundToken(v, "query", k) for k, v in request.query if k in wanted)

@@ -45,6 +45,23 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+# Claims and key sets are a few levels deep. An explicit bound keeps the limit independent of
+# the interpreter's recursion limit (CPython 3.12 parses ~1500 levels before RecursionError,
+# later versions far more), so deep values never reach code that recurses over them.
+MAX_DEPTH = 100
+
+
+def _check_depth(value: Any) -> None:
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise StrictJSONError(f"nested deeper than {MAX_DEPTH} levels")
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+
+
 _DECODER = json.JSONDecoder(
     object_pairs_hook=_object_without_duplicates,
     parse_constant=_reject_constant,
@@ -73,4 +90,5 @@ def loads_strict(data: bytes | str) -> Any:
         raise StrictJSONError(str(exc)) from None
     if end != len(text):
         raise StrictJSONError("extra data after the JSON value")
+    _check_depth(value)
     return value

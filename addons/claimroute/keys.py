@@ -38,6 +38,10 @@ class KeyMaterialError(ValueError):
     """Key material is unusable; the message says which key and why."""
 
 
+class RemoteOctKeyError(KeyMaterialError):
+    """An HMAC key in a remote set: the whole set is refused, never just this key skipped."""
+
+
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
     """One public (or configured HMAC) key and the algorithms it may verify."""
@@ -149,7 +153,7 @@ def _import_jwk(
         return None
     if kty == "oct":
         if not allow_oct:
-            raise KeyMaterialError(
+            raise RemoteOctKeyError(
                 f"{origin}: an 'oct' (HMAC) key is not accepted from a remote key set"
             )
         return OctKey.import_key(jwk)
@@ -226,7 +230,7 @@ def key_set_from_jwks(
                 key, kid=kid, jwk_alg=jwk.get("alg"), allowed=allowed_algorithms, origin=where
             )
         except (KeyMaterialError, JoseError, ValueError, TypeError) as exc:
-            if strict or (isinstance(exc, KeyMaterialError) and "oct" in str(exc)):
+            if strict or isinstance(exc, RemoteOctKeyError):
                 raise _as_key_error(exc, where) from None
             log.warning("%s", _as_key_error(exc, where))
             continue

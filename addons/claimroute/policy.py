@@ -295,6 +295,12 @@ def parse_policy(document: Any, root: Loc, *, base: Path, fingerprint: str) -> P
             )
         providers[name] = provider
         by_issuer[provider.issuer] = provider
+    token_headers = {h.name for p in providers.values() for h in p.token_source.headers}
+    for name, provider in providers.items():
+        for index, entry in enumerate(provider.claims_to_headers):
+            if entry.header in token_headers:
+                loc = providers_loc / name / "claims_to_headers" / index / "header"
+                raise loc.error(f"{entry.header!r} carries tokens; a claim cannot be copied there")
     validation = schema.choice(
         spec.get("validation", "require_valid"), root / "validation", VALIDATION_MODES
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -109,6 +110,9 @@ def duration(value: Any, loc: Loc) -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
         raise loc.error(f"expected a duration such as 30s, 5m, 24h or 250ms, got {value!r}")
+    # YAML's .nan and .inf are floats: a NaN clock_skew would make every exp/nbf check false.
+    if not math.isfinite(seconds):
+        raise loc.error(f"expected a finite duration, got {value!r}")
     if seconds < 0:
         raise loc.error("a duration cannot be negative")
     return seconds

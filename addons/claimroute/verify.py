@@ -91,7 +91,7 @@ def parse_token(token: str) -> ParsedToken:
     if not isinstance(alg, str):
         raise invalid_token("Jwt header has no alg")
     kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
+    if "kid" in header and not isinstance(kid, str):  # `"kid": null` is not "no kid"
         raise invalid_token("Jwt header kid is not a string")
     for member in _FORBIDDEN_HEADER_MEMBERS:
         if member in header:

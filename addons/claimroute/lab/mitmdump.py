@@ -98,6 +98,8 @@ class MitmdumpProcess:
             Path(tempfile.mkdtemp(prefix="claimroute-mitm-")) if confdir is None else confdir
         )
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Without bytecode caches every start recompiles mitmproxy (~2.5 s); let it cache.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.cwd = cwd
         self.command: list[str] = [
             str(MITMDUMP),

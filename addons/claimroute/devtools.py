@@ -11,6 +11,7 @@ Development only: the private key is written to disk in the clear.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -74,10 +75,8 @@ def _echo(args: argparse.Namespace) -> int:
         print(f"echo upstream {args.name!r} on {server.url} (Ctrl-C stops it)", flush=True)
         await asyncio.Event().wait()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

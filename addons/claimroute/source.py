@@ -17,12 +17,25 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    NodeEvent,
+)
 
 from .errors import PolicyError
 
 PathKey = tuple[str | int, ...]
 
 MAX_FILE_BYTES = 4 * 1024 * 1024  # a policy is hand-written; anything bigger is a mistake
+# Bounds checked on the YAML event stream before anything is built. Aliases count as the nodes
+# they stand for, so an alias bomb ("billion laughs": ten aliases of ten aliases of ...) is
+# refused after reading a few lines instead of expanding into 10**9 values. The depth bound
+# also keeps ruamel's scanner (quadratic in the flow nesting level) and its recursive composer
+# away from pathological nesting.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,12 @@ class Loc:
 
 
 def _plain(node: Any, path: PathKey, lines: dict[PathKey, int]) -> Any:
+    if isinstance(node, CommentedMap | CommentedSeq):
+        # Tagged scalars are refused below; a tag on a list or mapping would be dropped
+        # silently (`!!python/object/apply:... [..]` would read as a plain list): refuse it too.
+        tag = getattr(getattr(node, "tag", None), "value", None)
+        if tag is not None:
+            raise ValueError(f"unsupported YAML tag {tag!r}")
     if isinstance(node, CommentedMap):
         out = {}
         for key, value in node.items():
@@ -96,6 +115,62 @@ def _plain(node: Any, path: PathKey, lines: dict[PathKey, int]) -> Any:
     raise ValueError(f"unsupported YAML value {node!r}")
 
 
+def _check_shape(text: str, file: str) -> None:
+    """Refuse documents that are too deep, or too big once aliases are expanded.
+
+    Works on the event stream, so nothing is built yet; every anchor remembers the size and
+    height of what it names, and an alias adds exactly those, as `_plain` would expand it.
+    """
+    nodes = 0
+    # One frame per open collection: [anchor, nodes before it, its level, deepest level inside]
+    frames: list[list[Any]] = []
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (values, levels) it stands for
+
+    def reached(level: int, event: Any) -> None:
+        if level > MAX_DEPTH:
+            raise _event_error(event, f"nested deeper than {MAX_DEPTH} levels", file)
+        if frames and level > frames[-1][3]:
+            frames[-1][3] = level
+
+    for event in YAML(typ="rt", pure=True).parse(text):
+        if isinstance(event, AliasEvent):
+            if event.anchor not in sizes:
+                raise _event_error(
+                    event, f"alias *{event.anchor} is used inside the node it names", file
+                )
+            size, height = sizes[event.anchor]
+            nodes += size
+            reached(len(frames) + height, event)
+        elif isinstance(event, CollectionStartEvent):
+            nodes += 1
+            level = len(frames) + 1
+            reached(level, event)
+            frames.append([event.anchor, nodes - 1, level, level])
+        elif isinstance(event, CollectionEndEvent):
+            anchor, before, level, deepest = frames.pop()
+            if anchor is not None:
+                sizes[anchor] = (nodes - before, deepest - level + 1)
+            if frames and deepest > frames[-1][3]:
+                frames[-1][3] = deepest
+        elif isinstance(event, NodeEvent):  # a scalar
+            nodes += 1
+            if event.anchor is not None:
+                sizes[event.anchor] = (1, 0)
+        if nodes > MAX_NODES:
+            raise _event_error(
+                event,
+                f"more than {MAX_NODES} values (an alias counts as every value it repeats); "
+                "a policy this large is a mistake or an alias bomb",
+                file,
+            )
+
+
+def _event_error(event: Any, message: str, file: str) -> PolicyError:
+    mark = event.start_mark
+    line = mark.line + 1 if mark is not None else None
+    return PolicyError(f"invalid YAML: {message}", file=file, key_path="", line=line)
+
+
 def parse_yaml_text(text: str, file: str) -> tuple[Any, Loc]:
     """Parse YAML text into plain values and the root `Loc`; errors name file and line."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
@@ -104,6 +179,7 @@ def parse_yaml_text(text: str, file: str) -> tuple[Any, Loc]:
         )
     yaml = YAML(typ="rt", pure=True)
     try:
+        _check_shape(text, file)
         raw = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -20,46 +22,56 @@ from mitmproxy import command, ctx, exceptions, http
 
 from . import errors as E
 from .errors import PolicyError, Rejection
+from .flowedit import HeaderSnapshot, apply_decision, header_key, strip_headers
 from .keyring import build_key_sources, retired_sources
 from .keysource import KeySource
 from .pipeline import Decision, decide
 from .policy import Policy, load_policy
 from .request import RequestView
 from .responses import response_parts
+from .tokencache import DEFAULT_CACHE_SIZE, TokenCache
 
 log = logging.getLogger("claimroute")
 
 POLICY_POLL_SECONDS = 1.0
+# While a policy file is parsed in a worker thread, the loop may wait this long for the GIL at a
+# time (Python's default switch interval is 5 ms).
+RELOAD_SWITCH_INTERVAL = 0.0005
 DRY_RUN_HEADER = "x-claimroute-rbac"
 METADATA_KEY = "claimroute"
 
 
 def request_view(request: http.Request) -> RequestView:
     """The stage-facing view of a mitmproxy request."""
+    path = request.path
+    host = request.host
+    headers = HeaderSnapshot(request.headers.fields)
     return RequestView(
         method=request.method,
         scheme=request.scheme,
-        host=request.pretty_host if request.host == "" else request.host,
+        host=request.pretty_host if host == "" else host,
         port=request.port,
-        path=request.path.split("?", 1)[0],
-        query=tuple(request.query.items(multi=True)) if "?" in request.path else (),
-        headers=request.headers,
-        cookies=tuple(request.cookies.items(multi=True)) if "cookie" in request.headers else (),
+        path=path.split("?", 1)[0],
+        query=tuple(request.query.items(multi=True)) if "?" in path else (),
+        headers=headers,
+        cookies=tuple(request.cookies.items(multi=True)) if "cookie" in headers else (),
     )
 
 
-def _remove_token(request: http.Request, decision: Decision) -> None:
-    token = decision.token
-    if token is None:
-        return
-    if token.kind == "header":
-        wanted = token.prefix.lower() + token.token
-        kept = [v for v in request.headers.get_all(token.name) if v.lower() != wanted.lower()]
-        request.headers.set_all(token.name, kept)
-    elif token.kind == "query":
-        request.query = [(k, v) for k, v in request.query.items(multi=True) if k != token.name]
-    else:
-        request.cookies = [(k, v) for k, v in request.cookies.items(multi=True) if k != token.name]
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything allocated at startup (mitmproxy, the addon's libraries, the policy) out
+    of the garbage collector's reach, once per process.
+
+    A full collection otherwise walks all of it and blocks the loop for tens of ms; after
+    this, it only walks what was allocated since (flows, cache entries).
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
 
 
 def _comment(decision: Decision) -> str:
@@ -86,6 +98,9 @@ class ClaimRoute:
         self._watcher: asyncio.Task[None] | None = None
         self._log_file: IO[str] | None = None
         self._debug_headers = False
+        self.cache: TokenCache | None = TokenCache(DEFAULT_CACHE_SIZE)
+        # The policy's identity headers as lower-case bytes, computed once per policy.
+        self._strip_keys: frozenset[bytes] = frozenset()
 
     # -- lifecycle (all synchronous: async lifecycle hooks break mitmproxy's hot reload) ------
 
@@ -99,12 +114,23 @@ class ClaimRoute:
             "claimroute_debug_headers", bool, False,
             f"Add the {DRY_RUN_HEADER} response header with RBAC dry-run decisions.",
         )  # fmt: skip
+        loader.add_option(
+            "claimroute_cache_size", int, DEFAULT_CACHE_SIZE,
+            "How many verified tokens to remember (LRU); 0 disables the cache.",
+        )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
         if "claimroute_debug_headers" in updated:
             self._debug_headers = ctx.options.claimroute_debug_headers
         if "claimroute_log" in updated:
             self._open_log(ctx.options.claimroute_log)
+        if "claimroute_cache_size" in updated:
+            size = ctx.options.claimroute_cache_size
+            if size < 0:
+                raise exceptions.OptionsError(
+                    f"claimroute_cache_size: must be 0 (off) or positive, got {size}"
+                )
+            self.cache = TokenCache(size) if size > 0 else None
         if "claimroute" in updated and ctx.options.claimroute:
             path = Path(ctx.options.claimroute)
             try:
@@ -121,6 +147,7 @@ class ClaimRoute:
             log.error("claimroute: no policy file; start with --set claimroute=POLICY.yaml")
             return
         self._start_background()
+        _freeze_startup_objects()
         address = "?"
         with contextlib.suppress(Exception):
             addrs = ctx.master.addons.get("proxyserver").listen_addrs()
@@ -160,27 +187,15 @@ class ClaimRoute:
             self._refuse(flow, Rejection(503, "claimroute has no policy loaded", None, False))
             return
         # Client copies of identity headers are stripped first, whatever happens next.
-        for name in policy.identity_headers:
-            if name in request.headers:
-                del request.headers[name]
+        if self._strip_keys:
+            strip_headers(request, self._strip_keys)
         view = request_view(request)
-        decision = await decide(view, policy, self.key_sources, time.time())
+        decision = await decide(view, policy, self.key_sources, time.time(), self.cache)
         self._record(flow, decision)
         if decision.rejection is not None:
             self._refuse(flow, decision.rejection, view.realm)
             return
-        if not decision.keep_token:
-            _remove_token(request, decision)
-        for name, value in decision.set_headers:
-            request.headers[name] = value
-        route = decision.route
-        if route is not None:
-            original_host = request.host_header
-            request.scheme = route.scheme  # scheme first: the host/port setters use it
-            request.host = route.host
-            request.port = route.port
-            if route.preserve_host and original_host is not None:
-                request.host_header = original_host
+        apply_decision(request, decision)
         if self._debug_headers and decision.rbac is not None and decision.rbac.dry_run:
             flow.metadata["claimroute_dry_run_header"] = decision.rbac.summary()
 
@@ -218,7 +233,11 @@ class ClaimRoute:
     def _install(self, policy: Policy) -> None:
         old = self.key_sources
         self.key_sources = build_key_sources(policy, old)
+        self._strip_keys = frozenset(header_key(name) for name in policy.identity_headers)
         self.policy = policy
+        if self.cache is not None:
+            # Entries would miss anyway (they hold the old policy); dropping them frees memory.
+            self.cache.clear()
         for source in retired_sources(old, self.key_sources):
             close = getattr(source, "close", None)
             if close is not None:
@@ -267,6 +286,8 @@ class ClaimRoute:
             if stamp is None or stamp == self._policy_stamp:
                 continue
             self._policy_stamp = stamp
+            switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(switch_interval, RELOAD_SWITCH_INTERVAL))
             try:
                 policy = await asyncio.to_thread(load_policy, path)
             except PolicyError as exc:
@@ -275,6 +296,8 @@ class ClaimRoute:
             except Exception:
                 log.exception("claimroute: policy reload failed, keeping the last good one")
                 continue
+            finally:
+                sys.setswitchinterval(switch_interval)
             if self.policy is not None and policy.fingerprint == self.policy.fingerprint:
                 continue
             self._install(policy)

@@ -18,6 +18,7 @@ from .policy import Policy
 from .rbac import RbacResult
 from .request import RequestView
 from .routing import RouteChoice, choose_route
+from .tokencache import TokenCache
 from .verify import verify_token
 
 
@@ -37,6 +38,7 @@ class Decision:
     rbac: RbacResult | None = None
     route: RouteChoice | None = None
     token_failure: str | None = None  # why a token was ignored under allow_missing_or_failed
+    cache: str | None = None  # "hit" | "miss" when a token was looked up in a TokenCache
 
     @property
     def allowed(self) -> bool:
@@ -53,6 +55,8 @@ class Decision:
         }
         if self.token_failure:
             out["token_failure"] = self.token_failure
+        if self.cache is not None:
+            out["cache"] = self.cache
         if self.rbac is not None:
             out["rbac"] = self.rbac.record()
         if self.route is not None:
@@ -68,9 +72,17 @@ def _deny(rejection: Rejection, **fields: Any) -> Decision:
 
 
 async def decide(
-    request: RequestView, policy: Policy, key_sources: dict[str, KeySource], now: float
+    request: RequestView,
+    policy: Policy,
+    key_sources: dict[str, KeySource],
+    now: float,
+    cache: TokenCache | None = None,
 ) -> Decision:
-    """Run every stage for one request and return the decision (raises only on bugs)."""
+    """Run every stage for one request and return the decision (raises only on bugs).
+
+    With a `cache`, a token verified before (same policy, same keys, still in its time window)
+    skips verification; the location check, claim headers, RBAC and routing always run.
+    """
     found = extract_tokens(request, policy.token_locations)
     if len(found) > 1:
         # RFC 6750 §2: a client must not use more than one method; refuse rather than guess.
@@ -82,16 +94,26 @@ async def decide(
             return _deny(Rejection(401, E.JWT_MISSING, None))
         decision = Decision(outcome="anonymous", reason="no token")
     else:
+        cached = None
+        looked_up: str | None = None  # the decision record's "cache": hit | miss
+        if cache is not None:
+            cached = cache.get(token.token, policy, key_sources, now)
+            looked_up = "miss" if cached is None else "hit"
         try:
-            verified = await verify_token(token.token, policy, key_sources, now)
+            if cached is not None:
+                verified = cached
+            else:
+                verified = await verify_token(token.token, policy, key_sources, now)
+                if cache is not None:
+                    cache.put(token.token, verified, policy, key_sources, now)
             if not location_allowed(token, verified.provider.token_source):
                 raise E.invalid_token(E.JWT_UNKNOWN_ISSUER)
         except Rejection as rejection:
             if policy.validation != "allow_missing_or_failed":
-                return _deny(rejection, token=token)
+                return _deny(rejection, token=token, cache=looked_up)
             decision = Decision(
                 outcome="anonymous", reason="token ignored", token=token,
-                token_failure=rejection.reason,
+                token_failure=rejection.reason, cache=looked_up,
             )  # fmt: skip
         else:
             provider = verified.provider
@@ -105,6 +127,7 @@ async def decide(
                 token=token,
                 keep_token=provider.keep_token,
                 set_headers=claim_headers(provider.claims_to_headers, verified.claims),
+                cache=looked_up,
             )
     if policy.rbac is not None:
         result = policy.rbac.evaluate(request, decision.provider, decision.claims)

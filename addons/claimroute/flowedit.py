@@ -1,0 +1,181 @@
+"""Applying a decision to a mitmproxy request with as few header rebuilds as possible.
+
+mitmproxy's `Headers` keeps the fields as a tuple of bytes pairs; every `headers[name] = v`,
+`del headers[name]` or `name in headers` encodes the name and lower-cases every field again,
+and every write rebuilds the tuple. The request path needs a dozen such steps per request, so
+here they are done on one list and written once. Each function says which sequence of
+mitmproxy operations it is equivalent to (tests/test_flowedit.py checks it against them).
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+from mitmproxy.net.http import url
+
+from .pipeline import Decision
+from .routing import RouteChoice
+
+# Header names and values are bytes in mitmproxy; `Headers` encodes and decodes them so.
+_ENCODING = ("utf-8", "surrogateescape")
+
+type Fields = list[tuple[bytes, bytes]]
+
+
+def header_key(name: str | bytes) -> bytes:
+    """A header name as `Headers` compares it: encoded like mitmproxy does, then lower-cased."""
+    return (name.encode(*_ENCODING) if isinstance(name, str) else name).lower()
+
+
+class HeaderSnapshot:
+    """`get_all` over a request's header fields, with the names lower-cased once.
+
+    It answers exactly what `Headers.get_all` answers for the same fields, without converting
+    every name on every lookup (the stages look up several headers per request). It is a
+    snapshot: the addon takes it after stripping identity headers, and the stages only read.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        self._fields = [(name.lower(), value) for name, value in fields]
+
+    def get_all(self, name: str | bytes) -> list[str]:
+        key = header_key(name)
+        return [value.decode(*_ENCODING) for lowered, value in self._fields if lowered == key]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str | bytes):
+            return False
+        key = header_key(name)
+        return any(lowered == key for lowered, _ in self._fields)
+
+
+def strip_headers(request: http.Request, keys: frozenset[bytes]) -> None:
+    """Delete every field whose name is in `keys` (lower-case bytes), in one pass.
+
+    The same result as `del request.headers[name]` for each name present, and no write at
+    all in the usual case where the client sent none of them.
+    """
+    headers = request.headers
+    fields = headers.fields
+    for name, _ in fields:
+        if name.lower() in keys:
+            headers.fields = tuple(field for field in fields if field[0].lower() not in keys)
+            return
+
+
+def _set_all(fields: Fields, lowers: list[bytes], name: str, values: list[str]) -> None:
+    """`Headers.set_all(name, values)` applied in place to a list of fields and the list of
+    their lower-cased names (see `MultiDict.set_all`): matching fields keep their place and
+    spelling and take the new values in order, surplus matches go, and values left over are
+    appended under `name`."""
+    key = name.encode(*_ENCODING)
+    lowered = key.lower()
+    pending = [value.encode(*_ENCODING) for value in values]
+    if lowered in lowers:
+        kept: Fields = []
+        kept_lowers: list[bytes] = []
+        for field, field_lower in zip(fields, lowers, strict=True):
+            if field_lower == lowered:
+                if not pending:
+                    continue
+                field = (field[0], pending.pop(0))
+            kept.append(field)
+            kept_lowers.append(field_lower)
+        fields[:] = kept
+        lowers[:] = kept_lowers
+    for value in pending:
+        fields.append((key, value))
+        lowers.append(lowered)
+
+
+def _rewrite_headers(
+    request: http.Request, decision: Decision, host_value: str | None = None
+) -> None:
+    """Remove the token (unless kept), set the claim headers and, with `host_value`, update
+    an existing Host header, writing the fields once.
+
+    The same result as `remove_token`, then `request.headers[name] = value` for each claim
+    header, then the Host update of mitmproxy's host/port setters (`headers["Host"] = value`
+    if a Host header is present), each of which would rebuild the whole field tuple.
+    """
+    token = decision.token if not decision.keep_token else None
+    if token is not None and token.kind != "header":
+        remove_token(request, decision)  # query or cookie: through mitmproxy's own setters
+        token = None
+    if token is None and not decision.set_headers and host_value is None:
+        return
+    fields: Fields = list(request.headers.fields)
+    lowers = [name.lower() for name, _ in fields]
+    if token is not None:
+        wanted = (token.prefix.lower() + token.token).lower()
+        key = header_key(token.name)
+        values = [
+            field[1].decode(*_ENCODING)
+            for field, field_lower in zip(fields, lowers, strict=True)
+            if field_lower == key
+        ]
+        _set_all(fields, lowers, token.name, [v for v in values if v.lower() != wanted])
+    for name, value in decision.set_headers:
+        _set_all(fields, lowers, name, [value])
+    if host_value is not None and b"host" in lowers:
+        _set_all(fields, lowers, "Host", [host_value])
+    request.headers.fields = tuple(fields)
+
+
+def _route_to(request: http.Request, route: RouteChoice) -> str:
+    """Point the request at the route's upstream and return the new Host value.
+
+    What `request.scheme = ...; request.host = ...; request.port = ...` does (mitmproxy 12.3,
+    `Request._update_host_and_authority`), except that the Host header is left to
+    `_rewrite_headers`, so the fields are rebuilt once instead of twice more.
+    """
+    request.scheme = route.scheme  # scheme first: the Host value depends on it
+    data = request.data
+    data.host = route.host  # what the host setter stores for a str
+    data.port = route.port
+    value = url.hostport(route.scheme, route.host, route.port)
+    if data.authority:
+        request.authority = value
+    return value
+
+
+def apply_decision(request: http.Request, decision: Decision) -> None:
+    """Rewrite an allowed request for its upstream: token removed (unless kept), claim
+    headers set, then the route's scheme, host and port.
+
+    The same result as `remove_token`, `request.headers[name] = value` per claim header, then
+    `request.scheme/host/port = ...` (restoring the Host header read just before, with
+    `preserve_host`).
+    """
+    route = decision.route
+    if route is None:
+        _rewrite_headers(request, decision)
+    elif not route.preserve_host:
+        host_value = _route_to(request, route)
+        _rewrite_headers(request, decision, host_value)
+    else:
+        # Rare: mitmproxy's own steps, in that order (the Host header to restore is the one
+        # left after the token is removed).
+        _rewrite_headers(request, decision)
+        original_host = request.host_header
+        request.scheme = route.scheme
+        request.host = route.host
+        request.port = route.port
+        if original_host is not None:
+            request.host_header = original_host
+
+
+def remove_token(request: http.Request, decision: Decision) -> None:
+    """Remove the token from where it was found (the reference for `_rewrite_headers`)."""
+    token = decision.token
+    if token is None:
+        return
+    if token.kind == "header":
+        wanted = token.prefix.lower() + token.token
+        kept = [v for v in request.headers.get_all(token.name) if v.lower() != wanted.lower()]
+        request.headers.set_all(token.name, kept)
+    elif token.kind == "query":
+        request.query = [(k, v) for k, v in request.query.items(multi=True) if k != token.name]
+    else:
+        request.cookies = [(k, v) for k, v in request.cookies.items(multi=True) if k != token.name]

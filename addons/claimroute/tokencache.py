@@ -1,0 +1,158 @@
+"""A bounded LRU of verified tokens, so a token seen before costs no parsing and no crypto.
+
+An entry is the `VerifiedToken`, plus the `Policy` object and the `KeySet` object it was
+verified against. A lookup only hits when both are still the very objects in use (compared by
+identity: `entry.policy is policy` and `key_sources[provider].current() is entry.key_set`), so a
+policy reload or a key refresh invalidates every entry at once, with none of the pitfalls of
+comparing ids or fingerprints. Everything `verify_token` decides is a function of the token, the
+policy and the key set, except the time checks; those are re-run on every hit with exactly the
+expressions `verify.check_time` uses, so an entry dies at `exp + clock_skew` (and a token is
+never served outside its `nbf`/lifetime window, even if the clock goes back).
+
+Only successes are cached: a refused token is verified (and refused) again every time, so junk
+can never fill the cache. The size is bounded (least recently used entries go first); size 0
+disables caching.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from .keys import KeySet
+from .keysource import KeySource
+from .policy import Policy
+from .verify import VerifiedToken
+
+DEFAULT_CACHE_SIZE = 10_000
+
+
+class _Entry:
+    """One verified token and what it was verified against (plain slots: cheap to build)."""
+
+    __slots__ = ("exp", "key_set", "max_lifetime", "nbf", "policy", "skew", "verified")
+
+    def __init__(
+        self, verified: VerifiedToken, policy: Policy, key_set: KeySet, claims: Mapping[str, Any]
+    ) -> None:
+        provider = verified.provider
+        exp = claims.get("exp")
+        nbf = claims.get("nbf")
+        self.verified = verified
+        self.policy = policy
+        self.key_set = key_set
+        # verify_token accepted them as numbers; check_time compares them as floats too.
+        self.exp = float(exp) if exp is not None else None
+        self.nbf = float(nbf) if nbf is not None else None
+        self.skew = provider.clock_skew
+        self.max_lifetime = provider.max_lifetime
+
+    def valid_at(self, now: float) -> bool:
+        """The time checks of `verify.check_time` with the same expressions, so that a hit and
+        a fresh verification agree even at the boundaries."""
+        exp, skew = self.exp, self.skew
+        if exp is not None:
+            if now >= exp + skew:
+                return False
+            max_lifetime = self.max_lifetime
+            if max_lifetime is not None and exp - now > max_lifetime + skew:
+                return False
+        return self.nbf is None or not now + skew < self.nbf
+
+
+class TokenCache:
+    """Verified tokens keyed by the token string, least recently used evicted first.
+
+    Not thread-safe; it lives on the proxy's event loop like everything on the request path.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_CACHE_SIZE) -> None:
+        if max_size < 0:
+            raise ValueError(f"cache size must be 0 (off) or positive, got {max_size}")
+        self.max_size = max_size
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0  # dropped to respect the bound
+        self.invalidations = 0  # dropped because policy, keys or time no longer fit
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._entries
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_size > 0
+
+    def get(
+        self, token: str, policy: Policy, key_sources: Mapping[str, KeySource], now: float
+    ) -> VerifiedToken | None:
+        """The cached verification of `token`, if still valid for this policy, keys and time."""
+        entry = self._entries.get(token)
+        if entry is None:
+            self.misses += 1
+            return None
+        verified = entry.verified
+        source = key_sources.get(verified.provider.name)
+        if (
+            entry.policy is not policy
+            or source is None
+            or source.current() is not entry.key_set
+            or not entry.valid_at(now)
+        ):
+            del self._entries[token]
+            self.invalidations += 1
+            self.misses += 1
+            return None
+        self._entries.move_to_end(token)
+        self.hits += 1
+        return verified
+
+    def put(
+        self,
+        token: str,
+        verified: VerifiedToken,
+        policy: Policy,
+        key_sources: Mapping[str, KeySource],
+        now: float,
+    ) -> bool:
+        """Remember a successful verification (call right after `verify_token` returned).
+
+        The key set recorded is the provider's current one, which is the set `verify_token` just
+        used (both key sources return their current set from `keys_for_kid`). Returns whether
+        the token was stored.
+        """
+        if self.max_size <= 0:
+            return False
+        source = key_sources.get(verified.provider.name)
+        key_set = source.current() if source is not None else None
+        if key_set is None:
+            return False
+        entry = _Entry(verified, policy, key_set, verified.claims)
+        if not entry.valid_at(now):
+            return False
+        entries = self._entries
+        entries[token] = entry
+        entries.move_to_end(token)
+        while len(entries) > self.max_size:
+            entries.popitem(last=False)
+            self.evictions += 1
+        return True
+
+    def clear(self) -> None:
+        """Forget every entry (the counters are kept)."""
+        self._entries.clear()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for logs, commands and the benchmark."""
+        return {
+            "size": len(self._entries),
+            "max_size": self.max_size,
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "invalidations": self.invalidations,
+        }

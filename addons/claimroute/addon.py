@@ -22,7 +22,7 @@ from mitmproxy import command, ctx, exceptions, http
 
 from . import errors as E
 from .errors import PolicyError, Rejection
-from .flowedit import HeaderSnapshot, apply_decision, header_key, strip_headers
+from .flowedit import HeaderSnapshot, apply_decision, strip_headers, strip_key
 from .keyring import build_key_sources, retired_sources
 from .keysource import KeySource
 from .pipeline import Decision, decide
@@ -56,6 +56,14 @@ def request_view(request: http.Request) -> RequestView:
         headers=headers,
         cookies=tuple(request.cookies.items(multi=True)) if "cookie" in headers else (),
     )
+
+
+def _last_resort(flow: http.HTTPFlow) -> None:
+    """Refuse with nothing that can fail: kill the flow, or a fixed 500."""
+    if flow.killable:
+        flow.kill()
+    else:
+        flow.response = http.Response.make(500, b"", {"content-length": "0"})
 
 
 _frozen = False
@@ -176,9 +184,14 @@ class ClaimRoute:
             await self._handle(flow)
         except Exception:
             log.exception("claimroute: internal error; refusing the request")
-            self._refuse(flow, Rejection(500, E.INTERNAL_ERROR, None, challenge=False))
             flow.metadata[METADATA_KEY] = {"outcome": "denied", "reason": E.INTERNAL_ERROR,
                                            "status": 500}  # fmt: skip
+            try:
+                self._refuse(flow, Rejection(500, E.INTERNAL_ERROR, None, challenge=False))
+            except Exception:
+                # Even building the refusal failed: a constant answer, or no answer at all.
+                log.exception("claimroute: could not build the refusal; closing the request")
+                _last_resort(flow)
 
     async def _handle(self, flow: http.HTTPFlow) -> None:
         request = flow.request
@@ -233,7 +246,7 @@ class ClaimRoute:
     def _install(self, policy: Policy) -> None:
         old = self.key_sources
         self.key_sources = build_key_sources(policy, old)
-        self._strip_keys = frozenset(header_key(name) for name in policy.identity_headers)
+        self._strip_keys = frozenset(strip_key(name) for name in policy.identity_headers)
         self.policy = policy
         if self.cache is not None:
             # Entries would miss anyway (they hold the old policy); dropping them frees memory.

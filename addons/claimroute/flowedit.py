@@ -50,17 +50,28 @@ class HeaderSnapshot:
         return any(lowered == key for lowered, _ in self._fields)
 
 
-def strip_headers(request: http.Request, keys: frozenset[bytes]) -> None:
-    """Delete every field whose name is in `keys` (lower-case bytes), in one pass.
+def strip_key(name: str | bytes) -> bytes:
+    """The form identity headers are compared in: lower-case, `_` read as `-`.
 
-    The same result as `del request.headers[name]` for each name present, and no write at
+    CGI/WSGI servers (and others) map `x_user` and `x-user` to the same variable, so a client
+    copy spelled with underscores must go too.
+    """
+    return header_key(name).replace(b"_", b"-")
+
+
+def strip_headers(request: http.Request, keys: frozenset[bytes]) -> None:
+    """Delete every field whose `strip_key` is in `keys`, in one pass.
+
+    The same result as `del request.headers[name]` for each spelling present, and no write at
     all in the usual case where the client sent none of them.
     """
     headers = request.headers
     fields = headers.fields
     for name, _ in fields:
-        if name.lower() in keys:
-            headers.fields = tuple(field for field in fields if field[0].lower() not in keys)
+        if name.lower().replace(b"_", b"-") in keys:
+            headers.fields = tuple(
+                field for field in fields if field[0].lower().replace(b"_", b"-") not in keys
+            )
             return
 
 

@@ -265,13 +265,6 @@ async def test_an_exception_in_a_stage_refuses_with_500_and_forwards_nothing(
     assert seen.header_values("x-user") == [split_compact(token)[1]["sub"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known fail-open (see docs/security.md): addon.requestheaders refuses with the same "
-    "_refuse() that just raised; when building the response raises, the exception escapes the "
-    "hook and mitmproxy forwards the request. Fix in addon.py: a last-resort refusal that cannot "
-    "raise (a constant Response.make(500), or flow.kill()). Remove this mark then.",
-)
 async def test_a_refused_request_whose_refusal_fails_is_still_not_forwarded(lab, proxy, control):
     """The refusal itself raising (building the 401) must not let the request through."""
     lab.clear()

@@ -58,6 +58,19 @@ def request_view(request: http.Request) -> RequestView:
     )
 
 
+def _stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """(mtime, size) of each file, None for a file that cannot be read: a change means reload."""
+    out: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
+
+
 def _last_resort(flow: http.HTTPFlow) -> None:
     """Refuse with nothing that can fail: kill the flow, or a fixed 500."""
     if flow.killable:
@@ -102,7 +115,8 @@ class ClaimRoute:
         self.policy: Policy | None = None
         self.key_sources: dict[str, KeySource] = {}
         self._policy_path: Path | None = None
-        self._policy_stamp: tuple[float, int] | None = None
+        self._watched: tuple[Path, ...] = ()  # the policy file and its local key files
+        self._watched_stamp: tuple[tuple[int, int] | None, ...] = ()
         self._watcher: asyncio.Task[None] | None = None
         self._log_file: IO[str] | None = None
         self._debug_headers = False
@@ -146,7 +160,7 @@ class ClaimRoute:
             except PolicyError as exc:
                 raise exceptions.OptionsError(f"claimroute: {exc}") from None
             self._policy_path = path
-            self._policy_stamp = self._stamp(path)
+            self._watch_files()
             self._start_background()
 
     def running(self) -> None:
@@ -237,7 +251,7 @@ class ClaimRoute:
         flow.metadata[METADATA_KEY] = record
         flow.comment = _comment(decision)
         if self._log_file is not None:
-            line = {"ts": round(time.time(), 3), "method": flow.request.method,
+            line = {"ts": round(time.time(), 3), "id": flow.id, "method": flow.request.method,
                     "url": flow.request.pretty_url.split("?", 1)[0], **record}  # fmt: skip
             self._log_file.write(json.dumps(line) + "\n")
 
@@ -268,13 +282,11 @@ class ClaimRoute:
                     f"claimroute_log: cannot open {path}: {exc}"
                 ) from None
 
-    @staticmethod
-    def _stamp(path: Path) -> tuple[float, int] | None:
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        return (stat.st_mtime, stat.st_size)
+    def _watch_files(self) -> None:
+        """Remember the files the current policy came from, and their state now."""
+        assert self._policy_path is not None and self.policy is not None
+        self._watched = (self._policy_path, *map(Path, self.policy.key_files))
+        self._watched_stamp = _stamps(self._watched)
 
     def _start_background(self) -> None:
         try:
@@ -289,16 +301,17 @@ class ClaimRoute:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_policy())
 
     async def _watch_policy(self) -> None:
-        """Poll the policy file; a valid change takes effect, an invalid one is logged."""
+        """Poll the policy and key files; a valid change takes effect, an invalid one is logged
+        and the last good policy stays."""
         while True:
             await asyncio.sleep(POLICY_POLL_SECONDS)
             path = self._policy_path
             if path is None:
                 continue
-            stamp = self._stamp(path)
-            if stamp is None or stamp == self._policy_stamp:
+            stamp = _stamps(self._watched)
+            if stamp == self._watched_stamp:
                 continue
-            self._policy_stamp = stamp
+            self._watched_stamp = stamp
             switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(min(switch_interval, RELOAD_SWITCH_INTERVAL))
             try:
@@ -314,6 +327,7 @@ class ClaimRoute:
             if self.policy is not None and policy.fingerprint == self.policy.fingerprint:
                 continue
             self._install(policy)
+            self._watch_files()
             self._start_background()
             log.info("claimroute: policy reloaded from %s", path)
 

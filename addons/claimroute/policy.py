@@ -6,6 +6,7 @@ and the line. Nothing downstream reads YAML. The contract is docs/policy.md.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -67,6 +68,7 @@ class LocalJwks:
 
     key_set: KeySet
     origin: str
+    path: str | None = None  # the key file, watched for changes like the policy itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,16 @@ class Policy:
     routes: tuple[Route, ...]
     identity_headers: frozenset[str]  # every claims_to_headers target: always stripped
     token_locations: TokenSource  # union of every provider's sources
-    fingerprint: str  # changes whenever the file's content changes
+    fingerprint: str  # changes whenever the file's (or a key file's) content changes
+
+    @property
+    def key_files(self) -> tuple[str, ...]:
+        """The local key files the policy reads; a change to one reloads the policy too."""
+        return tuple(
+            p.jwks.path
+            for p in self.providers.values()
+            if isinstance(p.jwks, LocalJwks) and p.jwks.path is not None
+        )
 
 
 _PROVIDER_KEYS = (
@@ -160,7 +171,7 @@ def _parse_jwks(
                 except OSError as exc:
                     raise (loc / "file").error(f"cannot read {path}: {exc.strerror}") from None
                 key_set = key_set_from_text(data, str(path), allowed_algorithms=algorithms)
-                return LocalJwks(key_set, str(path))
+                return LocalJwks(key_set, str(path), str(path))
             inline = spec["inline"]
             text = json.dumps(inline) if isinstance(inline, dict) else inline
             text = schema.string(text, loc / "inline")
@@ -324,8 +335,11 @@ def load_policy(path: str | Path) -> Policy:
     """Read, parse and validate a policy file. Raises PolicyError naming file, key path, line."""
     path = Path(path)
     document, root = load_yaml_file(path)
-    fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return parse_policy(document, root, base=path.resolve().parent, fingerprint=fingerprint)
+    policy = parse_policy(document, root, base=path.resolve().parent, fingerprint="")
+    digest = hashlib.sha256(path.read_bytes())
+    for key_file in policy.key_files:
+        digest.update(Path(key_file).read_bytes())
+    return dataclasses.replace(policy, fingerprint=digest.hexdigest()[:16])
 
 
 def load_policy_text(text: str, name: str, base: Path) -> Policy:

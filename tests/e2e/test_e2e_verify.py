@@ -201,3 +201,23 @@ async def test_policy_edit_takes_effect_and_a_bad_edit_keeps_the_last_good_one(t
         assert "providers.corp.clock_skew" in match.group(0)
         reply = await send(process.proxy_url, url, token=token)
         assert reply.status == 403  # the last good policy is still in force
+
+
+async def test_rotating_a_local_key_file_takes_effect_without_touching_the_policy(tmp_path):
+    issuer = TestIssuer("disk", "ES256")
+    issuer.write_jwks(tmp_path / "disk.jwks.json")
+    policy = write(
+        tmp_path / "policy.yaml",
+        "version: 1\nproviders:\n  disk:\n    issuer: https://disk.test\n"
+        "    jwks: {file: disk.jwks.json}\n",
+    )
+    async with EchoUpstream("primary") as upstream, MitmdumpProcess(policy) as process:
+        old_token = issuer.mint("old")
+        assert (await send(process.proxy_url, upstream.url, token=old_token)).status == 200
+        issuer.rotate()  # a new key pair; the file will hold only the new public key
+        mark = process.mark()
+        issuer.write_jwks(tmp_path / "disk.jwks.json")
+        await asyncio.to_thread(process.wait_for_output, r"policy reloaded", 10, since=mark)
+        assert (await send(process.proxy_url, upstream.url, token=issuer.mint("new"))).status == 200
+        reply = await send(process.proxy_url, upstream.url, token=old_token)
+        assert reply.status == 401  # the retired key no longer verifies (and no cache hit)

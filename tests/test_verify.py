@@ -7,7 +7,9 @@ signature, validly signed, so that a rejection can only come from the defect und
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +19,13 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from joserfc.jwk import RSAKey
 
 from claimroute import errors as E
 from claimroute.errors import Rejection
-from claimroute.jsonstrict import MAX_DEPTH
+from claimroute.jsonstrict import MAX_DEPTH, StrictJSONError, loads_strict
 from claimroute.keysource import StaticKeySource
 from claimroute.lab import TestIssuer, b64url, build_compact
 from claimroute.lab.issuer import b64url_decode, hmac_signer, signer_for
@@ -30,6 +34,7 @@ from claimroute.verify import (
     MAX_TOKEN_CHARS,
     ParsedToken,
     VerifiedToken,
+    _b64decode,
     parse_token,
     verify_token,
 )
@@ -631,6 +636,43 @@ async def test_non_canonical_trailing_bits(env: Env) -> None:
     await assert_invalid(env, f"{h}.{p}.{s2}", "Jwt signature is not valid base64url")
 
 
+def _reference_b64decode(segment: str) -> bytes | None:
+    """The definition of strict base64url that `verify._b64decode` implements: the alphabet
+    only, no padding, length not 1 mod 4, and re-encoding gives the segment back."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", segment) or len(segment) % 4 == 1:
+        return None
+    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    return data if base64.urlsafe_b64encode(data).rstrip(b"=").decode() == segment else None
+
+
+def _fast_b64decode(segment: str) -> bytes | None:
+    try:
+        return _b64decode(segment, "segment")
+    except Rejection as exc:
+        assert exc.reason == "Jwt segment is not valid base64url"
+        return None
+
+
+def test_b64decode_matches_the_definition_exhaustively() -> None:
+    # Every string up to 4 characters over canonical and non-canonical last characters, the
+    # url-safe and standard specials, padding, separators, whitespace, NUL and non-ASCII.
+    chars = "AQgwBbz09-_+/=. \n\x00\x80é\u0660\ud800"
+    for length in range(5):
+        for combo in itertools.product(chars, repeat=length):
+            segment = "".join(combo)
+            assert _fast_b64decode(segment) == _reference_b64decode(segment), repr(segment)
+
+
+@given(st.binary(max_size=64), st.integers(min_value=0, max_value=200), st.text(max_size=3))
+@settings(max_examples=500, deadline=None)
+def test_b64decode_matches_the_definition(data: bytes, where: int, insert: str) -> None:
+    segment = b64url(data)
+    assert _fast_b64decode(segment) == (data or None)  # an empty segment is refused
+    where = min(where, len(segment))
+    for mutated in (segment[:where] + insert + segment[where:], segment[:where] + "=="):
+        assert _fast_b64decode(mutated) == _reference_b64decode(mutated), repr(mutated)
+
+
 @pytest.mark.parametrize("where", ["payload", "header"])
 async def test_bom_before_json(env: Env, where: str) -> None:
     header = json.dumps(env.rs.header()).encode()
@@ -902,6 +944,24 @@ async def test_depth_limit_boundary(env: Env) -> None:
         env, nested_token(env, MAX_DEPTH, "list"), prefix="Jwt payload is not valid JSON"
     )
     assert "nested" in reason
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ('{"a": "' + "[{" * 300 + '"}', True),  # brackets inside a string are not nesting
+        ("[" + ",".join(["[{}]"] * 300) + "]", True),  # many containers, depth 3
+        ("[" * MAX_DEPTH + "]" * MAX_DEPTH, True),
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), False),
+        ('{"a": "' + "[" * 300 + '", "b": ' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "}", False),
+    ],
+)
+def test_depth_limit_counts_nesting_not_brackets(text: str, ok: bool) -> None:
+    if ok:
+        loads_strict(text)
+    else:
+        with pytest.raises(StrictJSONError, match=f"nested deeper than {MAX_DEPTH} levels"):
+            loads_strict(text)
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])

@@ -46,15 +46,15 @@ def request_view(request: http.Request) -> RequestView:
     path = request.path
     host = request.host
     headers = HeaderSnapshot(request.headers.fields)
-    return RequestView(
-        method=request.method,
-        scheme=request.scheme,
-        host=request.pretty_host if host == "" else host,
-        port=request.port,
-        path=path.split("?", 1)[0],
-        query=tuple(request.query.items(multi=True)) if "?" in path else (),
-        headers=headers,
-        cookies=tuple(request.cookies.items(multi=True)) if "cookie" in headers else (),
+    return RequestView(  # positional: cheaper than keywords, in the field order
+        request.method,
+        request.scheme,
+        request.pretty_host if host == "" else host,  # host
+        request.port,
+        path.split("?", 1)[0],  # path
+        tuple(request.query.items(multi=True)) if "?" in path else (),  # query
+        headers,
+        tuple(request.cookies.items(multi=True)) if "cookie" in headers else (),  # cookies
     )
 
 

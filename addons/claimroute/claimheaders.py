@@ -25,27 +25,35 @@ def _scalar(value: Any) -> str | None:
 def header_value(value: Any) -> str | None:
     """String as is, bool `true`/`false`, integer in decimal, list of scalars joined with `,`,
     anything else as compact JSON; None (claim null) gives no header."""
+    # Per request and per mapped claim: plain loops and inline tests, no generators.
+    if isinstance(value, str):  # the common case first (a str is no other scalar)
+        return _safe(value)
     if value is None or value is MISSING:
         return None
     scalar = _scalar(value)
     if scalar is not None:
         return _safe(scalar)
-    if isinstance(value, list) and all(_scalar(v) is not None for v in value):
-        return _safe(",".join(_scalar(v) or "" for v in value))
+    if isinstance(value, list):
+        parts = []
+        for item in value:
+            text = _scalar(item)
+            if text is None:
+                break
+            parts.append(text)
+        else:  # every element is a scalar
+            return _safe(",".join(parts))
     return _safe(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
 
 
 def _safe(text: str) -> str:
     # A claim must never be able to inject a second header line (CR/LF) into the request, nor
     # carry a lone surrogate (legal as a JSON escape, "\ud800") that cannot be sent as UTF-8.
-    if any(ch in text for ch in "\r\n\0") or not _encodable(text):
+    if "\r" in text or "\n" in text or "\0" in text or not (text.isascii() or _encodable(text)):
         return json.dumps(text)[1:-1]
     return text
 
 
 def _encodable(text: str) -> bool:
-    if text.isascii():
-        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -28,21 +28,18 @@ def extract_tokens(request: RequestView, locations: TokenSource) -> list[FoundTo
     """
     found: list[FoundToken] = []
     # One header value is one credential, even when providers list the same header with
-    # different prefixes (say `Bearer ` and none): the longest matching prefix takes it.
-    by_name: dict[str, list[str]] = {}
-    for location in locations.headers:
-        by_name.setdefault(location.name, []).append(location.prefix)
-    for name, prefixes in by_name.items():
-        prefixes.sort(key=len, reverse=True)
+    # different prefixes (say `Bearer ` and none): the longest matching prefix takes it. The
+    # table of names and prefixes (longest first) is built once per source, at policy load.
+    for name, prefixes in locations.header_prefixes:
         for value in request.headers.get_all(name):
-            for prefix in prefixes:
-                if value[: len(prefix)].lower() == prefix.lower():
-                    found.append(FoundToken(value[len(prefix) :], "header", name, prefix))
+            for length, lowered, prefix in prefixes:
+                if value[:length].lower() == lowered:
+                    found.append(FoundToken(value[length:], "header", name, prefix))
                     break
-    if locations.query_params:
+    if locations.query_params and request.query:
         wanted = locations.query_params
         found.extend(FoundToken(v, "query", k) for k, v in request.query if k in wanted)
-    if locations.cookies:
+    if locations.cookies and request.cookies:
         wanted = locations.cookies
         found.extend(FoundToken(v, "cookie", k) for k, v in request.cookies if k in wanted)
     return found
@@ -51,10 +48,8 @@ def extract_tokens(request: RequestView, locations: TokenSource) -> list[FoundTo
 def location_allowed(found: FoundToken, source: TokenSource) -> bool:
     """Whether the provider that issued the token lists the place it was found (Envoy E16)."""
     if found.kind == "header":
-        return any(
-            h.name == found.name and h.prefix.lower() == found.prefix.lower()
-            for h in source.headers
-        )
+        # Some header location has this name and, compared case-insensitively, this prefix.
+        return (found.name, found.prefix.lower()) in source.header_keys
     if found.kind == "query":
         return found.name in source.query_params
     return found.name in source.cookies

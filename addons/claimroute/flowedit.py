@@ -9,6 +9,8 @@ mitmproxy operations it is equivalent to (tests/test_flowedit.py checks it again
 
 from __future__ import annotations
 
+import functools
+
 from mitmproxy import http
 from mitmproxy.net.http import url
 
@@ -23,7 +25,16 @@ type Fields = list[tuple[bytes, bytes]]
 
 def header_key(name: str | bytes) -> bytes:
     """A header name as `Headers` compares it: encoded like mitmproxy does, then lower-cased."""
-    return (name.encode(*_ENCODING) if isinstance(name, str) else name).lower()
+    if isinstance(name, str):
+        return _str_key(name)
+    return name.lower()
+
+
+@functools.lru_cache(maxsize=512)
+def _str_key(name: str) -> bytes:
+    # The names looked up per request come from the code and the policy (a handful), so each
+    # is encoded and lower-cased once; the bound only guards against other callers.
+    return name.encode(*_ENCODING).lower()
 
 
 class HeaderSnapshot:
@@ -44,10 +55,13 @@ class HeaderSnapshot:
         return [value.decode(*_ENCODING) for lowered, value in self._fields if lowered == key]
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str | bytes):
+        if not isinstance(name, (str, bytes)):
             return False
         key = header_key(name)
-        return any(lowered == key for lowered, _ in self._fields)
+        for lowered, _ in self._fields:  # noqa: SIM110 (a loop: no generator on the request path)
+            if lowered == key:
+                return True
+        return False
 
 
 def strip_key(name: str | bytes) -> bytes:
@@ -75,14 +89,19 @@ def strip_headers(request: http.Request, keys: frozenset[bytes]) -> None:
             return
 
 
-def _set_all(fields: Fields, lowers: list[bytes], name: str, values: list[str]) -> None:
+# One `Headers.set_all(name, values)`: the name as given, lower-cased, the new values, and
+# whether values left over (more values than fields of that name) are appended. Only the Host
+# update does not append: mitmproxy changes a Host header that is there and never adds one.
+type _Edit = tuple[bytes, bytes, list[bytes], bool]
+
+
+def _set_all(fields: Fields, lowers: list[bytes], edit: _Edit) -> None:
     """`Headers.set_all(name, values)` applied in place to a list of fields and the list of
     their lower-cased names (see `MultiDict.set_all`): matching fields keep their place and
     spelling and take the new values in order, surplus matches go, and values left over are
     appended under `name`."""
-    key = name.encode(*_ENCODING)
-    lowered = key.lower()
-    pending = [value.encode(*_ENCODING) for value in values]
+    key, lowered, values, append = edit
+    pending = list(values)
     if lowered in lowers:
         kept: Fields = []
         kept_lowers: list[bytes] = []
@@ -95,9 +114,44 @@ def _set_all(fields: Fields, lowers: list[bytes], name: str, values: list[str]) 
             kept_lowers.append(field_lower)
         fields[:] = kept
         lowers[:] = kept_lowers
-    for value in pending:
-        fields.append((key, value))
-        lowers.append(lowered)
+    if append:
+        for value in pending:
+            fields.append((key, value))
+            lowers.append(lowered)
+
+
+def _apply_edits(fields: tuple[tuple[bytes, bytes], ...], edits: list[_Edit]) -> Fields:
+    """The fields after the edits, one after the other."""
+    names = {edit[1] for edit in edits}
+    if len(names) < len(edits):
+        # Two edits of one name (say a token header named `host`): apply them in turn.
+        out = list(fields)
+        lowers = [name.lower() for name, _ in out]
+        for edit in edits:
+            _set_all(out, lowers, edit)
+        return out
+    # Edits of distinct names commute with each other's field updates: each touches only the
+    # fields of its own name, in place, and appends after the fields that were there. So one
+    # pass over the fields applies them all, then the values left over are appended in order.
+    values = {lowered: new for _, lowered, new, _ in edits}
+    placed = dict.fromkeys(names, 0)
+    out = []
+    for field in fields:
+        lowered = field[0].lower()
+        new = values.get(lowered)
+        if new is None:
+            out.append(field)
+            continue
+        count = placed[lowered]
+        if count < len(new):
+            out.append((field[0], new[count]))
+            placed[lowered] = count + 1
+        # else: a surplus field of an edited name goes
+    for key, lowered, new, append in edits:
+        if append:
+            for value in new[placed[lowered] :]:
+                out.append((key, value))
+    return out
 
 
 def _rewrite_headers(
@@ -116,22 +170,25 @@ def _rewrite_headers(
         token = None
     if token is None and not decision.set_headers and host_value is None:
         return
-    fields: Fields = list(request.headers.fields)
-    lowers = [name.lower() for name, _ in fields]
+    fields = request.headers.fields
+    edits: list[_Edit] = []
     if token is not None:
+        # The token header's values other than the token (`remove_token`), kept as the raw
+        # bytes (decoding and encoding with surrogateescape gives them back unchanged).
         wanted = (token.prefix.lower() + token.token).lower()
         key = header_key(token.name)
-        values = [
-            field[1].decode(*_ENCODING)
-            for field, field_lower in zip(fields, lowers, strict=True)
-            if field_lower == key
+        kept = [
+            value
+            for name, value in fields
+            if name.lower() == key and value.decode(*_ENCODING).lower() != wanted
         ]
-        _set_all(fields, lowers, token.name, [v for v in values if v.lower() != wanted])
+        edits.append((token.name.encode(*_ENCODING), key, kept, True))
     for name, value in decision.set_headers:
-        _set_all(fields, lowers, name, [value])
-    if host_value is not None and b"host" in lowers:
-        _set_all(fields, lowers, "Host", [host_value])
-    request.headers.fields = tuple(fields)
+        raw = name.encode(*_ENCODING)
+        edits.append((raw, raw.lower(), [value.encode(*_ENCODING)], True))
+    if host_value is not None:
+        edits.append((b"Host", b"host", [host_value.encode(*_ENCODING)], False))
+    request.headers.fields = tuple(_apply_edits(fields, edits))
 
 
 def _route_to(request: http.Request, route: RouteChoice) -> str:

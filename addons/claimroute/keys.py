@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
 
 from .jsonstrict import StrictJSONError, loads_strict
 
@@ -50,6 +51,20 @@ class VerificationKey:
     kid: str | None
     algorithms: frozenset[str]
     description: str
+    # The algorithms whose joserfc `check_key` accepts this key (use, key type, JWK alg,
+    # curve). The check depends only on the key and the algorithm, so it runs once here
+    # instead of before every signature check.
+    key_checked: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checked: set[str] = set()
+        for alg in self.algorithms:
+            try:
+                JWSRegistry.algorithms[alg].check_key(self.key)
+            except Exception:  # as at verification time: a key that fails is never tried
+                continue
+            checked.add(alg)
+        object.__setattr__(self, "key_checked", frozenset(checked))
 
     @property
     def key_type(self) -> str:
@@ -63,14 +78,18 @@ class KeySet:
     keys: tuple[VerificationKey, ...]
     _by_kid: Mapping[str, tuple[VerificationKey, ...]] = field(init=False, repr=False)
     _without_kid: tuple[VerificationKey, ...] = field(init=False, repr=False)
+    _algorithms: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         by_kid: dict[str, list[VerificationKey]] = {}
+        algorithms: set[str] = set()
         for key in self.keys:
             if key.kid is not None:
                 by_kid.setdefault(key.kid, []).append(key)
+            algorithms |= key.algorithms
         object.__setattr__(self, "_by_kid", {k: tuple(v) for k, v in by_kid.items()})
         object.__setattr__(self, "_without_kid", tuple(k for k in self.keys if k.kid is None))
+        object.__setattr__(self, "_algorithms", frozenset(algorithms))
 
     def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
         """Keys that may verify a token with this `kid` and `alg`.
@@ -95,11 +114,9 @@ class KeySet:
 
     @property
     def algorithms(self) -> frozenset[str]:
-        """Every algorithm some key in the set can verify."""
-        out: set[str] = set()
-        for key in self.keys:
-            out |= key.algorithms
-        return frozenset(out)
+        """Every algorithm some key in the set can verify (computed once, as the set is
+        immutable)."""
+        return self._algorithms
 
 
 def _key_algorithms(key: RSAKey | ECKey | OKPKey | OctKey, origin: str) -> frozenset[str]:

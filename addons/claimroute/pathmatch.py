@@ -49,6 +49,40 @@ class PathRule:
         return self.pattern.fullmatch(path) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class PathSet:
+    """A list of path rules (OR), grouped by kind once at load so that a request path is
+    tested with a set lookup, one `startswith` over every prefix, and the regexes in turn."""
+
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+    patterns: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def of(cls, rules: tuple[PathRule, ...]) -> PathSet:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        patterns: list[re.Pattern[str]] = []
+        for rule in rules:  # the same split as `PathRule.matches`
+            if rule.kind == "exact":
+                exact.add(rule.value)
+            elif rule.kind == "prefix":
+                prefixes.append(rule.value)
+            else:
+                assert rule.pattern is not None
+                patterns.append(rule.pattern)
+        return cls(frozenset(exact), tuple(prefixes), tuple(patterns))
+
+    def matches(self, path: str) -> bool:
+        """Whether any of the rules matches (the same as `any(r.matches(path) for r in ...)`)."""
+        if path in self.exact or path.startswith(self.prefixes):
+            return True
+        for pattern in self.patterns:  # noqa: SIM110 (a loop: no generator on the request path)
+            if pattern.fullmatch(path) is not None:
+                return True
+        return False
+
+
 def parse_path_rules(value: Any, loc: Loc) -> tuple[PathRule, ...]:
     """A non-empty list of path rules (OR)."""
     rules = []

@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,27 @@ class TokenSource:
     headers: tuple[HeaderLocation, ...]
     query_params: tuple[str, ...]
     cookies: tuple[str, ...]
+    # Derived once from `headers`, because a source is built at load and read per request.
+    # For `extract_tokens`: each header name (in order of first mention) with its prefixes as
+    # (length, prefix lower-cased, prefix), longest first (a stable sort: equal lengths keep
+    # their order).
+    header_prefixes: tuple[tuple[str, tuple[tuple[int, str, str], ...]], ...] = field(
+        init=False, repr=False, compare=False
+    )
+    # For `location_allowed`: (name, prefix lower-cased) of every header location.
+    header_keys: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, list[str]] = {}
+        for location in self.headers:
+            by_name.setdefault(location.name, []).append(location.prefix)
+        table = tuple(
+            (name, tuple((len(p), p.lower(), p) for p in sorted(prefixes, key=len, reverse=True)))
+            for name, prefixes in by_name.items()
+        )
+        object.__setattr__(self, "header_prefixes", table)
+        keys = frozenset((h.name, h.prefix.lower()) for h in self.headers)
+        object.__setattr__(self, "header_keys", keys)
 
 
 DEFAULT_TOKEN_SOURCE = TokenSource(

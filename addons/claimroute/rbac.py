@@ -7,13 +7,14 @@ Deny policies beat allow policies; when nothing matches, `default_action` decide
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import schema
 from .matchers import ClaimsMatcher, compile_claims
 from .pathmatch import (
     PathRule,
+    PathSet,
     normalize_path,
     parse_hosts,
     parse_methods,
@@ -44,11 +45,16 @@ class Permissions:
     methods: frozenset[str] | None
     paths: tuple[PathRule, ...] | None
     hosts: frozenset[str] | None
+    path_set: PathSet | None = field(init=False, repr=False, compare=False)  # `paths`, grouped
+
+    def __post_init__(self) -> None:
+        path_set = PathSet.of(self.paths) if self.paths is not None else None
+        object.__setattr__(self, "path_set", path_set)
 
     def matches(self, request: RequestView, path: str) -> bool:
         if self.methods is not None and request.method.upper() not in self.methods:
             return False
-        if self.paths is not None and not any(rule.matches(path) for rule in self.paths):
+        if self.path_set is not None and not self.path_set.matches(path):
             return False
         if self.hosts is not None:
             host = request_host(request.header("host"), request.host)
@@ -74,7 +80,10 @@ class RbacPolicy:
             return False
         if self.principals is None:
             return True
-        return any(p.matches(provider, claims) for p in self.principals)
+        for principal in self.principals:  # noqa: SIM110 (no generator on the request path)
+            if principal.matches(provider, claims):
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,19 +114,27 @@ class Rbac:
     default_allow: bool
     deny: tuple[RbacPolicy, ...]
     allow: tuple[RbacPolicy, ...]
+    # Every policy in evaluation order (deny first) with the result it gives when it matches,
+    # and the default action's result: results are immutable, so they are built once here.
+    _rules: tuple[tuple[RbacPolicy, RbacResult], ...] = field(init=False, repr=False, compare=False)
+    _default: RbacResult = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rules = tuple((p, RbacResult(False, p.name, self.dry_run)) for p in self.deny) + tuple(
+            (p, RbacResult(True, p.name, self.dry_run)) for p in self.allow
+        )
+        object.__setattr__(self, "_rules", rules)
+        object.__setattr__(self, "_default", RbacResult(self.default_allow, None, self.dry_run))
 
     def evaluate(
         self, request: RequestView, provider: str | None, claims: Mapping[str, Any] | None
     ) -> RbacResult:
         """Decide for one request (anonymous requests pass provider=None, claims=None)."""
         path = normalize_path(request.path)
-        for policy in self.deny:
+        for policy, result in self._rules:  # the deny policies, then the allow policies
             if policy.matches(request, path, provider, claims):
-                return RbacResult(False, policy.name, self.dry_run)
-        for policy in self.allow:
-            if policy.matches(request, path, provider, claims):
-                return RbacResult(True, policy.name, self.dry_run)
-        return RbacResult(self.default_allow, None, self.dry_run)
+                return result
+        return self._default
 
 
 def _parse_principal(value: Any, loc: Loc, providers: set[str]) -> Principal:

@@ -12,17 +12,19 @@ where `value` is the claim at `by` (default `sub`). Target i receives the bucket
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import schema
 from .claimpath import MISSING, ClaimPath, parse_claim_path, walk
 from .matchers import ClaimsMatcher, HeadersMatcher, compile_claims, compile_headers
-from .pathmatch import PathRule, normalize_path, parse_methods, parse_path_rules
+from .pathmatch import PathRule, PathSet, normalize_path, parse_methods, parse_path_rules
 from .request import RequestView
 from .source import Loc
 
@@ -48,16 +50,19 @@ class RouteMatch:
     paths: tuple[PathRule, ...] | None = None
     methods: frozenset[str] | None = None
     authenticated: bool | None = None
+    path_set: PathSet | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        path_set = PathSet.of(self.paths) if self.paths is not None else None
+        object.__setattr__(self, "path_set", path_set)  # `paths`, grouped once
 
     def matches(self, request: RequestView, claims: Mapping[str, Any] | None) -> bool:
         if self.authenticated is not None and self.authenticated != (claims is not None):
             return False
         if self.methods is not None and request.method.upper() not in self.methods:
             return False
-        if self.paths is not None:
-            path = normalize_path(request.path)
-            if not any(rule.matches(path) for rule in self.paths):
-                return False
+        if self.path_set is not None and not self.path_set.matches(normalize_path(request.path)):
+            return False
         if self.headers is not None and not self.headers.matches(request.header):
             return False
         return self.claims is None or self.claims.matches(claims)
@@ -74,17 +79,6 @@ class Split:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """One routing rule."""
-
-    name: str
-    match: RouteMatch
-    upstream: Upstream | None
-    split: Split | None
-    preserve_host: bool
-
-
-@dataclass(frozen=True, slots=True)
 class RouteChoice:
     """The route a request took and where it goes."""
 
@@ -95,6 +89,34 @@ class RouteChoice:
     port: int
     preserve_host: bool
     bucket: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One routing rule."""
+
+    name: str
+    match: RouteMatch
+    upstream: Upstream | None
+    split: Split | None
+    preserve_host: bool
+    # Built once: the choice of a route with a fixed upstream (choices are immutable), and the
+    # salt and route name part of a split's bucket input, encoded (None if it cannot be: see
+    # `_choose`).
+    fixed_choice: RouteChoice | None = field(init=False, repr=False, compare=False)
+    bucket_prefix: bytes | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fixed = None
+        if self.upstream is not None:
+            fixed = _choice(self, self.upstream, None)
+        object.__setattr__(self, "fixed_choice", fixed)
+        prefix = None
+        # A lone surrogate (a YAML escape) in the salt or name cannot be encoded.
+        with contextlib.suppress(UnicodeEncodeError):
+            if self.split is not None:
+                prefix = _bucket_prefix(self.split.salt, self.name)
+        object.__setattr__(self, "bucket_prefix", prefix)
 
 
 def split_value(value: Any) -> str | None:
@@ -112,27 +134,42 @@ def split_value(value: Any) -> str | None:
 
 def bucket_of(salt: str, route_name: str, value: str) -> int:
     """The published sticky bucket in [0, 10000)."""
-    digest = hashlib.sha256(f"{salt}:{route_name}:{value}".encode()).digest()
+    return _bucket(_bucket_prefix(salt, route_name), value)
+
+
+def _bucket_prefix(salt: str, route_name: str) -> bytes:
+    return f"{salt}:{route_name}:".encode()
+
+
+def _bucket(prefix: bytes, value: str) -> int:
+    # sha256 of the UTF-8 of f"{salt}:{route name}:{value}", the prefix encoded once per route
+    digest = hashlib.sha256(prefix + value.encode()).digest()
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
-def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
-    if route.upstream is not None:
-        target, bucket = route.upstream, None
-    else:
-        split = route.split
-        assert split is not None
-        value = split_value(walk(claims, split.by))
-        if value is None:
-            target, bucket = split.targets[0], None
-        else:
-            bucket = bucket_of(split.salt, route.name, value)
-            index = next(i for i, bound in enumerate(split.boundaries) if bucket < bound)
-            target = split.targets[index]
+def _choice(route: Route, target: Upstream, bucket: int | None) -> RouteChoice:
     return RouteChoice(
         route.name, target.url, target.scheme, target.host, target.port, route.preserve_host,
         bucket,
     )  # fmt: skip
+
+
+def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
+    if route.fixed_choice is not None:
+        return route.fixed_choice
+    split = route.split
+    assert split is not None
+    value = split_value(walk(claims, split.by))
+    if value is None:
+        return _choice(route, split.targets[0], None)
+    prefix = route.bucket_prefix
+    # Without a prefix (the salt or name cannot be encoded) `bucket_of` raises, as it always did.
+    bucket = (
+        _bucket(prefix, value) if prefix is not None else bucket_of(split.salt, route.name, value)
+    )
+    # The first target whose (exclusive) upper bound is above the bucket; the last bound is
+    # BUCKETS, so there always is one.
+    return _choice(route, split.targets[bisect_right(split.boundaries, bucket)], bucket)
 
 
 def choose_route(

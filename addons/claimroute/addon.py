@@ -39,6 +39,7 @@ POLICY_POLL_SECONDS = 1.0
 RELOAD_SWITCH_INTERVAL = 0.0005
 DRY_RUN_HEADER = "x-claimroute-rbac"
 METADATA_KEY = "claimroute"
+_KEY_FAILURES = frozenset({E.JWKS_FETCH_FAILED, E.JWT_KID_NOT_FOUND})
 
 
 def request_view(request: http.Request) -> RequestView:
@@ -248,6 +249,9 @@ class ClaimRoute:
 
     def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
         record = decision.record()
+        if decision.reason in _KEY_FAILURES:
+            # Key trouble: say what the proxy holds (kids, age, fetch errors) next to the refusal.
+            record["keys"] = {name: src.state() for name, src in self.key_sources.items()}
         flow.metadata[METADATA_KEY] = record
         flow.comment = _comment(decision)
         if self._log_file is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -29,12 +30,22 @@ async def test_cold_start_with_jwks_down_fails_closed_then_recovers_without_rest
     url = jwks.jwks_url("corp")
     await jwks.stop()  # the identity provider is down when the proxy starts
     policy = remote_policy(tmp_path, f"url: '{url}'", corp.issuer)
-    async with EchoUpstream("primary") as upstream, MitmdumpProcess(policy) as proxy:
+    log_file = tmp_path / "decisions.jsonl"
+    options = {"claimroute_log": str(log_file)}
+    async with (
+        EchoUpstream("primary") as upstream,
+        MitmdumpProcess(policy, options=options) as proxy,
+    ):
         token = corp.mint("alice")
         reply = await send(proxy.proxy_url, f"{upstream.url}/a", token=token)
         assert (reply.status, reply.text) == (401, "Jwks remote fetch is failed")
         assert 'error="invalid_token"' in reply.headers["www-authenticate"]
         assert upstream.received == []
+        # The decision log says what the proxy holds for that provider: nothing, and why.
+        record = json.loads(log_file.read_text().splitlines()[0])
+        keys = record["keys"]["corp"]
+        assert (keys["kids"], keys["remote"]) == ([], True)
+        assert keys["failures"] >= 1 and keys["last_error"]
 
         await jwks.start()  # same port: the provider comes back
         try:

@@ -143,6 +143,13 @@ class ClaimRoute:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
+        for passthrough in ("ignore_hosts", "allow_hosts"):
+            if passthrough in updated and getattr(ctx.options, passthrough):
+                # Connections mitmproxy does not intercept never reach any hook: unverified.
+                raise exceptions.OptionsError(
+                    f"claimroute: {passthrough} makes mitmproxy pass connections through "
+                    "without interception, so no token would be checked on them; remove it"
+                )
         if "claimroute_debug_headers" in updated:
             self._debug_headers = ctx.options.claimroute_debug_headers
         if "claimroute_log" in updated:
@@ -226,6 +233,29 @@ class ClaimRoute:
         apply_decision(request, decision)
         if self._debug_headers and decision.rbac is not None and decision.rbac.dry_run:
             flow.metadata["claimroute_dry_run_header"] = decision.rbac.summary()
+
+    # -- traffic that is not HTTP ---------------------------------------------------------
+    # mitmproxy relays bytes it does not recognise as HTTP (e.g. "\r\nGET / ..." inside a
+    # CONNECT tunnel, or hosts listed in tcp_hosts/udp_hosts) as raw TCP/UDP, past every HTTP
+    # hook. Many HTTP servers accept such a request, so without this it would reach the
+    # upstream unverified. Nothing the client sends that way is forwarded, and nothing comes
+    # back. (Killing the flow does not stop mitmproxy's raw relay; emptying each message does.)
+
+    def tcp_start(self, flow: Any) -> None:
+        log.warning("claimroute: refusing raw TCP to %s: only verified HTTP passes",
+                    flow.server_conn.address)  # fmt: skip
+        if flow.server_conn.timestamp_start is None:
+            flow.server_conn.error = "claimroute: raw TCP is not forwarded"
+        flow.metadata[METADATA_KEY] = {"outcome": "denied", "reason": "not HTTP"}
+
+    def tcp_message(self, flow: Any) -> None:
+        flow.messages[-1].content = b""
+
+    def udp_start(self, flow: Any) -> None:
+        self.tcp_start(flow)
+
+    def udp_message(self, flow: Any) -> None:
+        flow.messages[-1].content = b""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         summary = flow.metadata.get("claimroute_dry_run_header")

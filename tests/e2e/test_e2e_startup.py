@@ -26,3 +26,16 @@ def test_policy_without_any_file_refuses_to_start(tmp_path):
     returncode, output = run_mitmdump_until_exit(None)
     assert returncode == 1
     assert "no policy file" in output
+
+
+@pytest.mark.parametrize("option", ["ignore_hosts", "allow_hosts"])
+def test_passthrough_options_are_refused(tmp_path, option):
+    """Connections mitmproxy passes through uninspected would never be verified."""
+    (tmp_path / "k.json").write_text('{"kty": "oct", "k": "' + "A" * 43 + '"}')
+    policy = write(
+        tmp_path / "policy.yaml",
+        "version: 1\nproviders:\n  p:\n    issuer: https://p.test\n    jwks: {file: k.json}\n",
+    )
+    returncode, output = run_mitmdump_until_exit(policy, options={option: "example.com"})
+    assert returncode == 1
+    assert f"{option} makes mitmproxy pass connections through" in output

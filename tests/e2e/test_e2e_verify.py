@@ -221,3 +221,37 @@ async def test_rotating_a_local_key_file_takes_effect_without_touching_the_polic
         assert (await send(process.proxy_url, upstream.url, token=issuer.mint("new"))).status == 200
         reply = await send(process.proxy_url, upstream.url, token=old_token)
         assert reply.status == 401  # the retired key no longer verifies (and no cache hit)
+
+
+@pytest.mark.parametrize("tcp_hosts", [False, True])
+async def test_non_http_bytes_in_a_connect_tunnel_never_reach_the_upstream(
+    tmp_path, issuers, tcp_hosts
+):
+    """mitmproxy relays what it does not recognise as HTTP as raw TCP; an upstream that
+    skips a leading empty line would then serve an unverified request. Nothing may pass."""
+    issuers["corp"].write_jwks(tmp_path / "corp.jwks.json")
+    policy = write(
+        tmp_path / "policy.yaml",
+        "version: 1\nproviders:\n  corp:\n    issuer: https://corp.test\n"
+        "    jwks: {file: corp.jwks.json}\n    claims_to_headers: [{claim: sub, header: x-user}]\n",
+    )
+    options = {"tcp_hosts": "127.0.0.1"} if tcp_hosts else {}
+    async with (
+        EchoUpstream("primary") as upstream,
+        MitmdumpProcess(policy, options=options) as proc,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+        target = f"127.0.0.1:{upstream.port}"
+        writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        await writer.drain()
+        assert b" 200 " in await asyncio.wait_for(reader.readline(), 5)
+        await asyncio.wait_for(reader.readline(), 5)  # the empty line ending the CONNECT reply
+        writer.write(b"\r\nGET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nx-user: admin\r\n\r\n")
+        await writer.drain()
+        try:
+            answer = await asyncio.wait_for(reader.read(4096), 3)
+        except TimeoutError:
+            answer = b""
+        writer.close()
+        assert b"primary" not in answer
+        assert upstream.received == []

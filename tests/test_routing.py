@@ -111,15 +111,13 @@ def test_split_is_sticky_and_bucket_decides_target():
         assert (first.port == 8082) == (first.bucket < 1000)
 
 
-def test_unencodable_salt_loads_and_fails_only_when_hashed():
-    # A YAML escape can put a lone surrogate in the salt: the policy loads as it always did,
-    # requests that need no bucket are routed, and hashing fails per request (the addon then
-    # refuses the request with a 500).
-    routes = routes_from(SPLIT.replace("salt: experiment-7", 'salt: "x\\ud800"'))
-    assert routes[0].split.salt == "x\ud800"
-    assert choose_route(routes, req(), {"iss": "no sub"}).bucket is None
-    with pytest.raises(UnicodeEncodeError):
-        choose_route(routes, req(), {"sub": "u1"})
+def test_unencodable_salt_is_a_load_error():
+    # A YAML escape can put a lone surrogate in the salt: no hash input can carry it, so the
+    # policy is refused at load instead of failing per request.
+    with pytest.raises(PolicyError) as info:
+        routes_from(SPLIT.replace("salt: experiment-7", 'salt: "x\\ud800"'))
+    assert info.value.key_path == "routes[0].split.salt"
+    assert "lone surrogate" in str(info.value)
 
 
 def test_a_new_salt_reshuffles_cohorts():

@@ -12,7 +12,6 @@ where `value` is the claim at `by` (default `sub`). Target i receives the bucket
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from bisect import bisect_right
@@ -101,8 +100,8 @@ class Route:
     split: Split | None
     preserve_host: bool
     # Built once: the choice of a route with a fixed upstream (choices are immutable), and the
-    # salt and route name part of a split's bucket input, encoded (None if it cannot be: see
-    # `_choose`).
+    # salt and route name part of a split's bucket input, encoded (schema.string guarantees
+    # both are valid Unicode).
     fixed_choice: RouteChoice | None = field(init=False, repr=False, compare=False)
     bucket_prefix: bytes | None = field(init=False, repr=False, compare=False)
 
@@ -111,11 +110,7 @@ class Route:
         if self.upstream is not None:
             fixed = _choice(self, self.upstream, None)
         object.__setattr__(self, "fixed_choice", fixed)
-        prefix = None
-        # A lone surrogate (a YAML escape) in the salt or name cannot be encoded.
-        with contextlib.suppress(UnicodeEncodeError):
-            if self.split is not None:
-                prefix = _bucket_prefix(self.split.salt, self.name)
+        prefix = _bucket_prefix(self.split.salt, self.name) if self.split is not None else None
         object.__setattr__(self, "bucket_prefix", prefix)
 
 
@@ -163,10 +158,8 @@ def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
     if value is None:
         return _choice(route, split.targets[0], None)
     prefix = route.bucket_prefix
-    # Without a prefix (the salt or name cannot be encoded) `bucket_of` raises, as it always did.
-    bucket = (
-        _bucket(prefix, value) if prefix is not None else bucket_of(split.salt, route.name, value)
-    )
+    assert prefix is not None  # built at load for every split route
+    bucket = _bucket(prefix, value)
     # The first target whose (exclusive) upper bound is above the bucket; the last bound is
     # BUCKETS, so there always is one.
     return _choice(route, split.targets[bisect_right(split.boundaries, bucket)], bucket)

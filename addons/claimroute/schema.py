@@ -50,6 +50,11 @@ def string(value: Any, loc: Loc, *, non_empty: bool = True) -> str:
         raise loc.error(f"expected a string, got {type_name(value)}")
     if non_empty and not value:
         raise loc.error("must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A YAML escape such as "\ud800" yields text no header or hash input can carry.
+        raise loc.error("is not valid Unicode text (it holds a lone surrogate)") from None
     return value
 
 

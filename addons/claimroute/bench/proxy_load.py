@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,27 +93,27 @@ def run(
                 users = len(setup.tokens)
                 lg.run(Job(url, concurrency, 60.0, 0.0, max_requests=users))
 
-            runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
-            for index in range(rounds):
-                order = ("a", "b") if index % 2 == 0 else ("b", "a")
-                for name in order:
-                    say(f"round {index + 1}/{rounds}: {name}")
-                    proc = proxies[name]
-                    url = f"{proc.proxy_url}{REQUEST_PATH}"
-                    pids = {"proxy": proc.pid, "upstream": upstream.pid, **gen_pids}
-                    _, info = _run(lg, url, Job(url, concurrency, seconds, warmup), pids)
-                    runs[name].append(info)
-            latency: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
-            for index in range(latency_rounds):
-                order = ("a", "b") if index % 2 == 0 else ("b", "a")
-                for name in order:
-                    say(f"latency round {index + 1}/{latency_rounds}: {name}")
-                    proc = proxies[name]
-                    url = f"{proc.proxy_url}{REQUEST_PATH}"
-                    pids = {"proxy": proc.pid, "upstream": upstream.pid, **gen_pids}
-                    job = Job(url, 1, latency_seconds, min(warmup, 0.5))
-                    _, info = _run(lg, url, job, pids)
-                    latency[name].append(info)
+            def alternate(
+                count: int, label: str, job_for: Callable[[str], Job]
+            ) -> dict[str, list[dict[str, Any]]]:
+                """`count` rounds of a and b, their order swapped every round."""
+                results: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+                for index in range(count):
+                    for name in ("a", "b") if index % 2 == 0 else ("b", "a"):
+                        say(f"{label}round {index + 1}/{count}: {name}")
+                        proc = proxies[name]
+                        url = f"{proc.proxy_url}{REQUEST_PATH}"
+                        pids = {"proxy": proc.pid, "upstream": upstream.pid, **gen_pids}
+                        _, info = _run(lg, url, job_for(url), pids)
+                        results[name].append(info)
+                return results
+
+            runs = alternate(rounds, "", lambda url: Job(url, concurrency, seconds, warmup))
+            latency = alternate(
+                latency_rounds,
+                "latency ",
+                lambda url: Job(url, 1, latency_seconds, min(warmup, 0.5)),
+            )
             out["addon_errors_logged"] = sum(
                 1 for line in addon.lines if "Addon error" in line or "internal error" in line
             )

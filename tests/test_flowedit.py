@@ -125,7 +125,7 @@ def test_apply_decision_is_the_plain_mitmproxy_sequence(
 ):
     decision = Decision(
         outcome="allowed", reason="verified", token=token, keep_token=keep_token,
-        set_headers=list(set_headers), route=route,
+        set_headers=tuple(set_headers), route=route,
     )  # fmt: skip
     expected = copy.deepcopy(request)
     reference_apply(expected, decision)

@@ -73,7 +73,7 @@ async def test_require_valid(tmp_path, issuers):
     bad = await decide(request(**bearer("a.b.c")), policy, sources, NOW)
     assert (bad.rejection.status, bad.rejection.error) == (401, "invalid_token")
     good = await decide(request(**bearer(corp.mint("ann", now=NOW))), policy, sources, NOW)
-    assert good.allowed and good.set_headers == [("x-user", "ann")]
+    assert good.allowed and good.set_headers == (("x-user", "ann"),)
     assert good.rbac.policy == "corp-users"
 
 
@@ -96,7 +96,7 @@ async def test_allow_missing_or_failed_treats_a_bad_token_as_anonymous(tmp_path,
     decision = await decide(request(**bearer(expired)), policy, sources, NOW)
     assert decision.allowed and decision.outcome == "anonymous"
     assert decision.token_failure == "Jwt is expired"
-    assert decision.claims is None and decision.set_headers == []
+    assert decision.claims is None and decision.set_headers == ()
     assert decision.token is not None and not decision.keep_token  # removed before upstream
     assert decision.record()["token_failure"] == "Jwt is expired"
 

@@ -17,6 +17,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from claimroute import pipeline
 from claimroute.addon import ClaimRoute
 from claimroute.errors import Rejection
+from claimroute.identity import identity_of
 from claimroute.keys import KeySet, key_set_from_text
 from claimroute.keysource import StaticKeySource
 from claimroute.lab import TestIssuer
@@ -24,7 +25,7 @@ from claimroute.pipeline import decide
 from claimroute.policy import Policy, load_policy_text
 from claimroute.request import RequestView
 from claimroute.tokencache import DEFAULT_CACHE_SIZE, TokenCache, _Entry
-from claimroute.verify import VerifiedToken, check_time
+from claimroute.verify import check_time
 
 NOW = 1_800_000_000.0
 ISSUER = "https://cache.test"
@@ -194,10 +195,10 @@ def test_max_lifetime_is_checked_again_on_a_hit(folder, issuer):
     )
     policy = load_policy_text(text, str(folder / "policy.yaml"), folder)
     keys = sources(policy)
-    verified = VerifiedToken(policy.providers["corp"], {"exp": NOW + 3600}, {})
+    identity = identity_of(policy, policy.providers["corp"], {"exp": NOW + 3600})
     cache = TokenCache()
-    assert cache.put("t", verified, policy, keys, NOW)
-    assert cache.get("t", policy, keys, NOW) is verified
+    assert cache.put("t", identity, policy, keys, NOW)
+    assert cache.get("t", policy, keys, NOW) is identity
     assert cache.get("t", policy, keys, NOW - 1) is None  # exp now more than 1h away
 
 
@@ -282,7 +283,7 @@ async def test_headers_rbac_and_routing_still_run_on_a_hit(folder, issuer):
     cache = TokenCache()
     token = mint(issuer, "bob", org="beta")
     cold = await decide(view(token), policy, keys, NOW, cache)
-    assert cold.set_headers == [("x-user", "bob"), ("x-org", "beta")]
+    assert cold.set_headers == (("x-user", "bob"), ("x-org", "beta"))
     assert cold.route is not None and cold.route.name == "org"
 
     # The same token on other requests: every stage after verification sees the new request.
@@ -410,7 +411,7 @@ def test_entry_validity_is_check_time(module_policy, exp, nbf, skew, max_lifetim
         require_expiration=False,
     )  # fmt: skip
     claims = {name: value for name, value in (("exp", exp), ("nbf", nbf)) if value is not None}
-    entry = _Entry(VerifiedToken(provider, claims, {}), base, KeySet(()), claims)
+    entry = _Entry(identity_of(base, provider, claims), base, KeySet(()), claims)
     try:
         check_time(claims, provider, now)
         expected = True

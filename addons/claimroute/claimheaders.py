@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .claimpath import MISSING, walk
-from .policy import ClaimHeader
+
+if TYPE_CHECKING:  # policy builds Identity objects, which use this module
+    from .policy import ClaimHeader
 
 
 def _scalar(value: Any) -> str | None:

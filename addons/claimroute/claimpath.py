@@ -108,6 +108,8 @@ def walk(claims: Mapping[str, Any] | None, path: ClaimPath) -> Any:
     """The value at `path` in `claims`, or `MISSING` if a step is absent or not an object."""
     if claims is None:
         return MISSING
+    if len(path) == 1:  # most paths are one top-level claim: one lookup, no loop
+        return claims.get(path[0], MISSING)
     value: Any = claims
     try:
         for segment in path:

@@ -6,18 +6,18 @@ touches mitmproxy. The addon applies the Decision to the flow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import errors as E
-from .claimheaders import claim_headers
 from .errors import Rejection
 from .extract import FoundToken, extract_tokens, location_allowed
+from .identity import Identity, identity_of
 from .keysource import KeySource
 from .policy import Policy
 from .rbac import RbacResult
 from .request import RequestView
-from .routing import RouteChoice, choose_route
+from .routing import RouteChoice, route_for
 from .tokencache import TokenCache
 from .verify import verify_token
 
@@ -34,7 +34,7 @@ class Decision:
     claims: dict[str, Any] | None = None
     token: FoundToken | None = None
     keep_token: bool = False
-    set_headers: list[tuple[str, str]] = field(default_factory=list)
+    set_headers: tuple[tuple[str, str], ...] = ()
     rbac: RbacResult | None = None
     route: RouteChoice | None = None
     token_failure: str | None = None  # why a token was ignored under allow_missing_or_failed
@@ -81,7 +81,10 @@ async def decide(
     """Run every stage for one request and return the decision (raises only on bugs).
 
     With a `cache`, a token verified before (same policy, same keys, still in its time window)
-    skips verification; the location check, claim headers, RBAC and routing always run.
+    skips verification and reuses its `Identity` (claim headers, the RBAC principals and
+    route conditions it satisfies, its split buckets); the location check and everything
+    that reads the request (permissions, route conditions on methods, paths and headers) run
+    on every request, and the claim headers are set on every request.
     """
     found = extract_tokens(request, policy.token_locations)
     if len(found) > 1:
@@ -89,10 +92,12 @@ async def decide(
         return _deny(Rejection(400, E.MULTIPLE_TOKENS, "invalid_request"))
     token = found[0] if found else None
     decision: Decision
+    identity: Identity
     if token is None:
         if policy.validation == "require_valid":
             return _deny(Rejection(401, E.JWT_MISSING, None))
-        decision = Decision(outcome="anonymous", reason="no token")
+        identity = policy.anonymous
+        decision = Decision("anonymous", "no token")
     else:
         cached = None
         looked_up: str | None = None  # the decision record's "cache": hit | miss
@@ -101,41 +106,37 @@ async def decide(
             looked_up = "miss" if cached is None else "hit"
         try:
             if cached is not None:
-                verified = cached
+                identity = cached
             else:
                 verified = await verify_token(token.token, policy, key_sources, now)
+                # Everything the policy concludes from the claims alone, once per token.
+                identity = identity_of(policy, verified.provider, verified.claims)
                 if cache is not None:
-                    cache.put(token.token, verified, policy, key_sources, now)
-            if not location_allowed(token, verified.provider.token_source):
+                    cache.put(token.token, identity, policy, key_sources, now)
+            assert identity.provider is not None  # a verified token has its provider
+            if not location_allowed(token, identity.provider.token_source):
                 raise E.invalid_token(E.JWT_UNKNOWN_ISSUER)
         except Rejection as rejection:
             if policy.validation != "allow_missing_or_failed":
                 return _deny(rejection, token=token, cache=looked_up)
+            identity = policy.anonymous
             decision = Decision(
                 outcome="anonymous", reason="token ignored", token=token,
                 token_failure=rejection.reason, cache=looked_up,
             )  # fmt: skip
         else:
-            provider = verified.provider
-            sub = verified.claims.get("sub")
             decision = Decision(
-                outcome="allowed",
-                reason="verified",
-                provider=provider.name,
-                sub=sub if isinstance(sub, str) else None,
-                claims=verified.claims,
-                token=token,
-                keep_token=provider.keep_token,
-                set_headers=claim_headers(provider.claims_to_headers, verified.claims),
+                "allowed", "verified", None, identity.provider_name, identity.sub,
+                identity.claims, token, identity.keep_token, identity.set_headers,
                 cache=looked_up,
-            )
+            )  # fmt: skip
     if policy.rbac is not None:
-        result = policy.rbac.evaluate(request, decision.provider, decision.claims)
+        result = policy.rbac.decide(request, identity.principals)
         decision.rbac = result
         if not result.allowed and not result.dry_run:
             decision.outcome = "denied"
             decision.reason = E.RBAC_DENIED
             decision.rejection = Rejection(403, E.RBAC_DENIED, None, challenge=False)
             return decision
-    decision.route = choose_route(policy.routes, request, decision.claims)
+    decision.route = route_for(policy.routes, request, identity.route_choices)
     return decision

@@ -17,6 +17,7 @@ from typing import Any
 from . import schema
 from .claimpath import ClaimPath, parse_claim_path
 from .errors import PolicyError
+from .identity import Identity, identity_of
 from .keys import SUPPORTED_ALGORITHMS, KeyMaterialError, KeySet, key_set_from_text
 from .rbac import Rbac, parse_rbac
 from .routing import Route, parse_routes
@@ -139,6 +140,11 @@ class Policy:
     identity_headers: frozenset[str]  # every claims_to_headers target: always stripped
     token_locations: TokenSource  # union of every provider's sources
     fingerprint: str  # changes whenever the file's (or a key file's) content changes
+    # What the policy concludes about every anonymous request's caller, worked out once.
+    anonymous: Identity = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "anonymous", identity_of(self, None, None))
 
     @property
     def key_files(self) -> tuple[str, ...]:

@@ -72,18 +72,23 @@ class RbacPolicy:
     principals: tuple[Principal, ...] | None
     permissions: Permissions | None
 
-    def matches(
-        self, request: RequestView, path: str, provider: str | None,
-        claims: Mapping[str, Any] | None,
-    ) -> bool:  # fmt: skip
-        if self.permissions is not None and not self.permissions.matches(request, path):
-            return False
+    def is_principal(self, provider: str | None, claims: Mapping[str, Any] | None) -> bool:
+        """Whether the caller is one of the principals (no `principals` list: everyone is)."""
         if self.principals is None:
             return True
         for principal in self.principals:  # noqa: SIM110 (no generator on the request path)
             if principal.matches(provider, claims):
                 return True
         return False
+
+    def matches(
+        self, request: RequestView, path: str, provider: str | None,
+        claims: Mapping[str, Any] | None,
+    ) -> bool:  # fmt: skip
+        """Permissions AND principals (the same as one step of `Rbac.decide`)."""
+        if self.permissions is not None and not self.permissions.matches(request, path):
+            return False
+        return self.is_principal(provider, claims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +131,31 @@ class Rbac:
         object.__setattr__(self, "_rules", rules)
         object.__setattr__(self, "_default", RbacResult(self.default_allow, None, self.dry_run))
 
+    def principal_hits(
+        self, provider: str | None, claims: Mapping[str, Any] | None
+    ) -> tuple[bool, ...]:
+        """Per policy, in evaluation order: whether this caller is one of its principals.
+
+        It reads only the caller, so it is worked out once per verified token (see
+        `identity.Identity`) and `decide` only checks the permissions per request.
+        """
+        return tuple(policy.is_principal(provider, claims) for policy, _ in self._rules)
+
     def evaluate(
         self, request: RequestView, provider: str | None, claims: Mapping[str, Any] | None
     ) -> RbacResult:
         """Decide for one request (anonymous requests pass provider=None, claims=None)."""
+        return self.decide(request, self.principal_hits(provider, claims))
+
+    def decide(self, request: RequestView, principals: tuple[bool, ...]) -> RbacResult:
+        """Decide for one request, given `principal_hits` for its caller."""
         path = normalize_path(request.path)
-        for policy, result in self._rules:  # the deny policies, then the allow policies
-            if policy.matches(request, path, provider, claims):
+        # The deny policies, then the allow policies; the first whose principals include the
+        # caller and whose permissions cover the request decides.
+        for (policy, result), is_principal in zip(self._rules, principals, strict=True):
+            if is_principal and (
+                policy.permissions is None or policy.permissions.matches(request, path)
+            ):
                 return result
         return self._default
 

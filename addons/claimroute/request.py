@@ -12,7 +12,7 @@ class HeaderLookup(Protocol):
     def get_all(self, name: str) -> list[str]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: not frozen, which costs ~0.3 us a field to build
 class RequestView:
     """What the stages may look at: method, target, path, query, headers and cookies."""
 

@@ -17,7 +17,7 @@ import json
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from . import schema
@@ -51,20 +51,32 @@ class RouteMatch:
     authenticated: bool | None = None
     path_set: PathSet | None = field(default=None, init=False, repr=False, compare=False)
 
+    # Whether any condition reads the request (methods, paths, headers), worked out once.
+    reads_request: bool = field(default=False, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         path_set = PathSet.of(self.paths) if self.paths is not None else None
         object.__setattr__(self, "path_set", path_set)  # `paths`, grouped once
+        reads = self.methods is not None or self.paths is not None or self.headers is not None
+        object.__setattr__(self, "reads_request", reads)
 
-    def matches(self, request: RequestView, claims: Mapping[str, Any] | None) -> bool:
+    def identity_matches(self, claims: Mapping[str, Any] | None) -> bool:
+        """The conditions on the caller: `authenticated` and `claims`."""
         if self.authenticated is not None and self.authenticated != (claims is not None):
             return False
+        return self.claims is None or self.claims.matches(claims)
+
+    def request_matches(self, request: RequestView) -> bool:
+        """The conditions on the request: `methods`, `paths` and `headers`."""
         if self.methods is not None and request.method.upper() not in self.methods:
             return False
         if self.path_set is not None and not self.path_set.matches(normalize_path(request.path)):
             return False
-        if self.headers is not None and not self.headers.matches(request.header):
-            return False
-        return self.claims is None or self.claims.matches(claims)
+        return self.headers is None or self.headers.matches(request.header)
+
+    def matches(self, request: RequestView, claims: Mapping[str, Any] | None) -> bool:
+        """Every condition (the caller's and the request's)."""
+        return self.identity_matches(claims) and self.request_matches(request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +89,12 @@ class Split:
     boundaries: tuple[int, ...]  # exclusive upper bucket of each target
 
 
-@dataclass(frozen=True, slots=True)
-class RouteChoice:
-    """The route a request took and where it goes."""
+class RouteChoice(NamedTuple):
+    """The route a request took and where it goes.
+
+    Immutable (a named tuple rather than a frozen dataclass: one is built per new token for
+    each sticky split it reaches, and this is about three times cheaper to build).
+    """
 
     name: str
     upstream: str
@@ -165,14 +180,45 @@ def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
     return _choice(route, split.targets[bisect_right(split.boundaries, bucket)], bucket)
 
 
+def identity_choices(
+    routes: tuple[Route, ...], claims: Mapping[str, Any] | None
+) -> tuple[RouteChoice | None, ...]:
+    """Per route: where it sends this caller, or None when its conditions on the caller fail.
+
+    It reads only the claims, so it is worked out once per verified token (see
+    `identity.Identity`), sticky-split hashes included; `route_for` only checks the request.
+    """
+    choices: list[RouteChoice | None] = []
+    for route in routes:
+        match = route.match
+        if not match.identity_matches(claims):
+            choices.append(None)
+            continue
+        choices.append(_choose(route, claims))
+        if not match.reads_request:
+            # This route takes every request of this caller: no later route is ever reached
+            # (`route_for` stops here), so their choices (and split hashes) are not worked out.
+            choices.extend(None for _ in range(len(routes) - len(choices)))
+            break
+    return tuple(choices)
+
+
+def route_for(
+    routes: tuple[Route, ...], request: RequestView, choices: tuple[RouteChoice | None, ...]
+) -> RouteChoice | None:
+    """The first route whose conditions on the caller held (`choices`) and whose conditions
+    on the request hold, or None to leave the destination as it is."""
+    for route, choice in zip(routes, choices, strict=True):
+        if choice is not None and route.match.request_matches(request):
+            return choice
+    return None
+
+
 def choose_route(
     routes: tuple[Route, ...], request: RequestView, claims: Mapping[str, Any] | None
 ) -> RouteChoice | None:
     """The first matching route's choice, or None to leave the destination as it is."""
-    for route in routes:
-        if route.match.matches(request, claims):
-            return _choose(route, claims)
-    return None
+    return route_for(routes, request, identity_choices(routes, claims))
 
 
 def parse_upstream(value: Any, loc: Loc) -> Upstream:

@@ -1,6 +1,7 @@
 """A bounded LRU of verified tokens, so a token seen before costs no parsing and no crypto.
 
-An entry is the `VerifiedToken`, plus the `Policy` object and the `KeySet` object it was
+An entry is the token's `Identity` (its provider, claims and what the policy concludes from
+them), plus the `Policy` object and the `KeySet` object it was
 verified against. A lookup only hits when both are still the very objects in use (compared by
 identity: `entry.policy is policy` and `key_sources[provider].current() is entry.key_set`), so a
 policy reload or a key refresh invalidates every entry at once, with none of the pitfalls of
@@ -20,10 +21,10 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from .identity import Identity
 from .keys import KeySet
 from .keysource import KeySource
 from .policy import Policy
-from .verify import VerifiedToken
 
 DEFAULT_CACHE_SIZE = 10_000
 
@@ -31,15 +32,18 @@ DEFAULT_CACHE_SIZE = 10_000
 class _Entry:
     """One verified token and what it was verified against (plain slots: cheap to build)."""
 
-    __slots__ = ("exp", "key_set", "max_lifetime", "nbf", "policy", "skew", "verified")
+    __slots__ = ("exp", "identity", "key_set", "max_lifetime", "nbf", "policy", "provider_name",
+                 "skew")  # fmt: skip
 
     def __init__(
-        self, verified: VerifiedToken, policy: Policy, key_set: KeySet, claims: Mapping[str, Any]
+        self, identity: Identity, policy: Policy, key_set: KeySet, claims: Mapping[str, Any]
     ) -> None:
-        provider = verified.provider
+        provider = identity.provider
+        assert provider is not None  # only verified tokens are cached
         exp = claims.get("exp")
         nbf = claims.get("nbf")
-        self.verified = verified
+        self.identity = identity
+        self.provider_name = provider.name
         self.policy = policy
         self.key_set = key_set
         # verify_token accepted them as numbers; check_time compares them as floats too.
@@ -89,14 +93,13 @@ class TokenCache:
 
     def get(
         self, token: str, policy: Policy, key_sources: Mapping[str, KeySource], now: float
-    ) -> VerifiedToken | None:
-        """The cached verification of `token`, if still valid for this policy, keys and time."""
+    ) -> Identity | None:
+        """The cached identity of `token`, if still valid for this policy, keys and time."""
         entry = self._entries.get(token)
         if entry is None:
             self.misses += 1
             return None
-        verified = entry.verified
-        source = key_sources.get(verified.provider.name)
+        source = key_sources.get(entry.provider_name)
         if (
             entry.policy is not policy
             or source is None
@@ -109,17 +112,18 @@ class TokenCache:
             return None
         self._entries.move_to_end(token)
         self.hits += 1
-        return verified
+        return entry.identity
 
     def put(
         self,
         token: str,
-        verified: VerifiedToken,
+        identity: Identity,
         policy: Policy,
         key_sources: Mapping[str, KeySource],
         now: float,
     ) -> bool:
-        """Remember a successful verification (call right after `verify_token` returned).
+        """Remember a successful verification (call right after `verify_token` returned, with
+        the identity built for `policy` from its result).
 
         The key set recorded is the provider's current one, which is the set `verify_token` just
         used (both key sources return their current set from `keys_for_kid`). Returns whether
@@ -127,11 +131,14 @@ class TokenCache:
         """
         if self.max_size <= 0:
             return False
-        source = key_sources.get(verified.provider.name)
+        provider = identity.provider
+        if provider is None or identity.claims is None:
+            return False  # an anonymous identity is never a cache entry
+        source = key_sources.get(provider.name)
         key_set = source.current() if source is not None else None
         if key_set is None:
             return False
-        entry = _Entry(verified, policy, key_set, verified.claims)
+        entry = _Entry(identity, policy, key_set, identity.claims)
         if not entry.valid_at(now):
             return False
         entries = self._entries

@@ -43,7 +43,7 @@ _ALGORITHMS = JWSRegistry.algorithms
 _FORBIDDEN_HEADER_MEMBERS = ("b64", "crit")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: not frozen, which costs ~0.3 us a field to build
 class VerifiedToken:
     """A token that passed every check, and the provider that vouched for it."""
 
@@ -52,7 +52,7 @@ class VerifiedToken:
     header: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: not frozen, which costs ~0.3 us a field to build
 class ParsedToken:
     """A structurally valid token, not yet trusted."""
 

@@ -1056,3 +1056,48 @@ async def test_unknown_kid_asks_the_source_again(env: Env) -> None:
 
 def split_kid(token: str) -> str:
     return json.loads(b64url_decode(segments(token)[0]))["kid"]
+
+
+# -- the parsed-header memo ---------------------------------------------------------------------
+
+
+def test_a_repeated_header_segment_is_parsed_once(env: Env, monkeypatch) -> None:
+    from claimroute import verify
+
+    calls: list[str] = []
+    real = verify._parse_header
+
+    def counting(segment: str) -> Any:
+        calls.append(segment)
+        return real(segment)
+
+    monkeypatch.setattr(verify, "_HEADERS", {})
+    monkeypatch.setattr(verify, "_parse_header", counting)
+    first = parse_token(env.rs.mint("ann", now=NOW))
+    second = parse_token(env.rs.mint("bob", now=NOW))
+    assert len(calls) == 1
+    assert (first.alg, first.kid) == (second.alg, second.kid) and first.header == second.header
+    assert (first.claims["sub"], second.claims["sub"]) == ("ann", "bob")
+
+
+def test_a_refused_header_is_never_remembered(monkeypatch) -> None:
+    from claimroute import verify
+
+    monkeypatch.setattr(verify, "_HEADERS", {})
+    bad = b64url(b'{"alg":"RS256","crit":["exp"]}')
+    token = f"{bad}.{b64url(b'{}')}.{b64url(b'sig')}"
+    for _ in range(2):  # refused every time, with the same reason
+        with pytest.raises(Rejection, match="crit"):
+            parse_token(token)
+    assert verify._HEADERS == {}
+
+
+def test_the_header_memo_is_bounded(monkeypatch) -> None:
+    from claimroute import verify
+
+    monkeypatch.setattr(verify, "_HEADERS", {})
+    for index in range(3 * verify._HEADERS_MAX):
+        header = b64url(json.dumps({"alg": "RS256", "kid": f"k{index}"}).encode())
+        parsed = parse_token(f"{header}.{b64url(b'{}')}.{b64url(b'sig')}")
+        assert parsed.kid == f"k{index}"
+        assert len(verify._HEADERS) <= verify._HEADERS_MAX

@@ -14,6 +14,7 @@ import functools
 from mitmproxy import http
 from mitmproxy.net.http import url
 
+from .extract import FoundToken
 from .pipeline import Decision
 from .routing import RouteChoice
 
@@ -45,23 +46,26 @@ class HeaderSnapshot:
     snapshot: the addon takes it after stripping identity headers, and the stages only read.
     """
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_names")
 
     def __init__(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
-        self._fields = [(name.lower(), value) for name, value in fields]
+        self._fields = fields
+        self._names = [name.lower() for name, _ in fields]
 
     def get_all(self, name: str | bytes) -> list[str]:
         key = header_key(name)
-        return [value.decode(*_ENCODING) for lowered, value in self._fields if lowered == key]
+        if key not in self._names:  # most lookups (cookie, optional headers) miss: one C scan
+            return []
+        return [
+            value.decode(*_ENCODING)
+            for (_, value), lowered in zip(self._fields, self._names, strict=True)
+            if lowered == key
+        ]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, (str, bytes)):
             return False
-        key = header_key(name)
-        for lowered, _ in self._fields:  # noqa: SIM110 (a loop: no generator on the request path)
-            if lowered == key:
-                return True
-        return False
+        return header_key(name) in self._names
 
 
 def strip_key(name: str | bytes) -> bytes:
@@ -171,6 +175,28 @@ def _rewrite_headers(
     if token is None and not decision.set_headers and host_value is None:
         return
     fields = request.headers.fields
+    claim_fields = [
+        (name.encode(*_ENCODING), value.encode(*_ENCODING)) for name, value in decision.set_headers
+    ]
+    rewritten = _one_pass(fields, token, claim_fields, host_value)
+    if rewritten is None:
+        rewritten = _apply_edits(fields, _edits(fields, token, claim_fields, host_value))
+    request.headers.fields = tuple(rewritten)
+
+
+def _is_token_value(value: bytes, wanted: str) -> bool:
+    """Whether a field value of the token's header is the token (`remove_token`'s test: equal
+    to prefix + token, compared case-insensitively); `wanted` is that text lower-cased."""
+    return value.decode(*_ENCODING).lower() == wanted
+
+
+def _edits(
+    fields: tuple[tuple[bytes, bytes], ...],
+    token: FoundToken | None,
+    claim_fields: list[tuple[bytes, bytes]],
+    host_value: str | None,
+) -> list[_Edit]:
+    """The `Headers.set_all` steps of `_rewrite_headers`, in order."""
     edits: list[_Edit] = []
     if token is not None:
         # The token header's values other than the token (`remove_token`), kept as the raw
@@ -180,15 +206,60 @@ def _rewrite_headers(
         kept = [
             value
             for name, value in fields
-            if name.lower() == key and value.decode(*_ENCODING).lower() != wanted
+            if name.lower() == key and not _is_token_value(value, wanted)
         ]
         edits.append((token.name.encode(*_ENCODING), key, kept, True))
-    for name, value in decision.set_headers:
-        raw = name.encode(*_ENCODING)
-        edits.append((raw, raw.lower(), [value.encode(*_ENCODING)], True))
+    for raw, value in claim_fields:
+        edits.append((raw, raw.lower(), [value], True))
     if host_value is not None:
         edits.append((b"Host", b"host", [host_value.encode(*_ENCODING)], False))
-    request.headers.fields = tuple(_apply_edits(fields, edits))
+    return edits
+
+
+def _one_pass(
+    fields: tuple[tuple[bytes, bytes], ...],
+    token: FoundToken | None,
+    claim_fields: list[tuple[bytes, bytes]],
+    host_value: str | None,
+) -> list[tuple[bytes, bytes]] | None:
+    """`_apply_edits(fields, _edits(...))` for the usual request, in one pass; None when the
+    request is not the usual one and the general edits must run.
+
+    Usual: no field carries a claim header's name (the addon strips client copies of them
+    before deciding), and the token header is neither Host nor a claim header. Then the claim
+    headers are simply appended, the first Host field takes the new value (surplus ones go),
+    and the token header's fields take, in order, its values other than the token.
+    """
+    claim_keys = {name.lower() for name, _ in claim_fields}
+    token_key = header_key(token.name) if token is not None else None
+    if token_key is not None and (token_key == b"host" or token_key in claim_keys):
+        return None
+    if b"host" in claim_keys:
+        return None
+    kept: list[bytes] = []
+    if token is not None:
+        wanted = (token.prefix.lower() + token.token).lower()
+        for name, value in fields:
+            if name.lower() == token_key and not _is_token_value(value, wanted):
+                kept.append(value)
+    host = host_value.encode(*_ENCODING) if host_value is not None else None
+    host_taken = False
+    out: list[tuple[bytes, bytes]] = []
+    for field in fields:
+        lowered = field[0].lower()
+        if lowered == token_key:
+            if kept:  # this field takes the next value that is not the token
+                out.append((field[0], kept.pop(0)))
+        elif host is not None and lowered == b"host":
+            if not host_taken:  # the first Host field takes the value; surplus ones go
+                out.append((field[0], host))
+                host_taken = True
+        elif lowered in claim_keys:
+            return None  # a claim header is already there: the general edits handle it
+        else:
+            out.append(field)
+    out.extend(claim_fields)
+    return out
 
 
 def _route_to(request: http.Request, route: RouteChoice) -> str:

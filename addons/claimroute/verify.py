@@ -86,17 +86,15 @@ def _b64decode(segment: str, what: str) -> bytes:
         raise invalid_token(f"Jwt {what} is not valid base64url") from None
 
 
-def parse_token(token: str) -> ParsedToken:
-    """Split and decode a compact JWS; every defect is a 401 `invalid_token` Rejection."""
-    if len(token) > MAX_TOKEN_CHARS:
-        raise invalid_token(E.JWT_TOO_LARGE)
-    if token.count(".") != 2:
-        raise invalid_token(E.JWT_BAD_FORMAT)
-    header_b64, payload_b64, signature_b64 = token.split(".")
-    if not (header_b64 and payload_b64 and signature_b64):
-        raise invalid_token(E.JWT_BAD_FORMAT)
-    if len(header_b64) > MAX_HEADER_CHARS:
-        raise invalid_token(E.JWT_TOO_LARGE)
+# Parsed JOSE headers by their encoded text. An issuer signs every token with the same few
+# headers (alg, kid, typ), so the segment repeats across users: it is decoded and checked once.
+# Only headers that passed every check are kept; the dicts are shared, so nothing writes to them.
+_HEADERS: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+_HEADERS_MAX = 256
+
+
+def _parse_header(header_b64: str) -> tuple[dict[str, Any], str, str | None]:
+    """Decode and check one header segment: (header, alg, kid) or a 401 Rejection."""
     try:
         header = loads_strict(_b64decode(header_b64, "header"))
     except StrictJSONError as exc:
@@ -112,6 +110,27 @@ def parse_token(token: str) -> ParsedToken:
     for member in _FORBIDDEN_HEADER_MEMBERS:
         if member in header:
             raise invalid_token(f"Jwt header member {member!r} is not supported")
+    return header, alg, kid
+
+
+def parse_token(token: str) -> ParsedToken:
+    """Split and decode a compact JWS; every defect is a 401 `invalid_token` Rejection."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise invalid_token(E.JWT_TOO_LARGE)
+    if token.count(".") != 2:
+        raise invalid_token(E.JWT_BAD_FORMAT)
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    if not (header_b64 and payload_b64 and signature_b64):
+        raise invalid_token(E.JWT_BAD_FORMAT)
+    if len(header_b64) > MAX_HEADER_CHARS:
+        raise invalid_token(E.JWT_TOO_LARGE)
+    known = _HEADERS.get(header_b64)
+    if known is None:
+        known = _parse_header(header_b64)
+        if len(_HEADERS) >= _HEADERS_MAX:
+            _HEADERS.clear()  # junk headers can only cost their own parse, never grow memory
+        _HEADERS[header_b64] = known
+    header, alg, kid = known
     try:
         claims = loads_strict(_b64decode(payload_b64, "payload"))
     except StrictJSONError as exc:

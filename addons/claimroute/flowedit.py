@@ -54,13 +54,15 @@ class HeaderSnapshot:
 
     def get_all(self, name: str | bytes) -> list[str]:
         key = header_key(name)
-        if key not in self._names:  # most lookups (cookie, optional headers) miss: one C scan
+        names = self._names
+        # List scans run in C: most lookups (cookie, optional headers) miss, and most hits are
+        # a single field (the Authorization header).
+        if key not in names:
             return []
-        return [
-            value.decode(*_ENCODING)
-            for (_, value), lowered in zip(self._fields, self._names, strict=True)
-            if lowered == key
-        ]
+        if names.count(key) == 1:
+            return [self._fields[names.index(key)][1].decode(*_ENCODING)]
+        fields = self._fields
+        return [fields[i][1].decode(*_ENCODING) for i, low in enumerate(names) if low == key]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, (str, bytes)):

@@ -153,10 +153,10 @@ class Rbac:
         # The deny policies, then the allow policies; the first whose principals include the
         # caller and whose permissions cover the request decides.
         for (policy, result), is_principal in zip(self._rules, principals, strict=True):
-            if is_principal and (
-                policy.permissions is None or policy.permissions.matches(request, path)
-            ):
-                return result
+            if is_principal:
+                permissions = policy.permissions
+                if permissions is None or permissions.matches(request, path):
+                    return result
         return self._default
 
 

@@ -209,8 +209,10 @@ def route_for(
     """The first route whose conditions on the caller held (`choices`) and whose conditions
     on the request hold, or None to leave the destination as it is."""
     for route, choice in zip(routes, choices, strict=True):
-        if choice is not None and route.match.request_matches(request):
-            return choice
+        if choice is not None:
+            match = route.match
+            if not match.reads_request or match.request_matches(request):
+                return choice
     return None
 
 

@@ -34,6 +34,8 @@ TARGETS = {
     "cold_over_raw_max": 1.5,
     "loop_block_ms_max": 5.0,
 }
+# The raw RS256 verify on the machines the issue's figures come from (µs).
+REFERENCE_RAW_US = 22.0
 
 
 def _versions() -> dict[str, str]:
@@ -196,8 +198,13 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "met": proxy["ratio"] >= TARGETS["throughput_ratio_min"]})  # fmt: skip
     m = results.get("micro", {}).get("summary")
     if m:
+        # The issue sets 10 µs on machines where the raw verify takes 22 µs; the same share of
+        # the primitive is shown for this machine, beside the absolute goal (which decides).
+        scaled = TARGETS["warm_us_max"] / REFERENCE_RAW_US * m["raw_us"]
         rows.append({"name": "warm decision path", "goal": "<= 10 µs",
-                     "measured": f"{m['warm_us']:.1f} µs (raw verify {m['raw_us']:.1f} µs)",
+                     "measured": f"{m['warm_us']:.1f} µs = {m['warm_us'] / m['raw_us']:.2f}x raw "
+                                 f"(raw {m['raw_us']:.1f} µs; 10 µs at the issue's 22 µs raw is "
+                                 f"0.45x, {scaled:.1f} µs here)",
                      "met": m["warm_us"] <= TARGETS["warm_us_max"]})  # fmt: skip
         rows.append({"name": "cold / raw primitive", "goal": "<= 1.5x",
                      "measured": f"{m['cold_over_raw']:.2f}x",

@@ -167,3 +167,50 @@ def test_decision_log_writes_one_json_line(policy_file, issuer, tmp_path):
 
 def test_pipeline_is_importable_without_mitmproxy_types():
     assert not any("mitmproxy" in name for name in vars(pipeline) if not name.startswith("__"))
+
+
+def _log_lines(policy_file, issuer, tmp_path, flows, **options):
+    import asyncio
+    import json
+
+    log_path = tmp_path / f"decisions-{len(list(tmp_path.glob('decisions-*')))}.jsonl"
+    addon = ClaimRoute()
+
+    async def run():
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, claimroute=str(policy_file), claimroute_log=str(log_path),
+                           **options)  # fmt: skip
+            for flow in flows:
+                await addon.requestheaders(flow)
+            addon.done()
+
+    asyncio.run(run())
+    return [json.loads(line) for line in log_path.read_text().splitlines()]
+
+
+def test_decision_log_records_the_request_id(policy_file, issuer, tmp_path):
+    with_id = flow_with(issuer.mint("zed"))
+    with_id.request.headers["x-request-id"] = "req-42"
+    refused = flow_with("not-a-token")
+    refused.request.headers["x-request-id"] = "r" * 500
+    plain = flow_with(issuer.mint("amy"))
+    records = _log_lines(policy_file, issuer, tmp_path, [with_id, refused, plain])
+    assert records[0]["request_id"] == "req-42" and records[0]["outcome"] == "allowed"
+    assert records[1]["request_id"] == "r" * 200 and records[1]["outcome"] == "denied"
+    assert "request_id" not in records[2]
+
+
+def test_request_id_header_is_configurable_and_never_a_token_header(policy_file, issuer, tmp_path):
+    token = issuer.mint("zed")
+    flow = flow_with(token)
+    flow.request.headers["x-trace"] = "t-1"
+    [record] = _log_lines(policy_file, issuer, tmp_path, [flow],
+                          claimroute_request_id_header="x-trace")  # fmt: skip
+    assert record["request_id"] == "t-1"
+    for name in ("authorization", "Authorization", "cookie"):
+        [record] = _log_lines(policy_file, issuer, tmp_path, [flow_with(token)],
+                              claimroute_request_id_header=name)  # fmt: skip
+        assert "request_id" not in record
+    [record] = _log_lines(policy_file, issuer, tmp_path, [flow_with(token)],
+                          claimroute_request_id_header="")  # fmt: skip
+    assert "request_id" not in record

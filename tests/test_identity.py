@@ -181,3 +181,52 @@ def test_anonymous_identity_is_built_once_per_policy(policy):
 def test_a_reloaded_policy_has_its_own_anonymous_identity(policy, folder):
     again = load_policy_text(POLICY.replace("DEFAULT", "deny"), str(folder / "p.yaml"), folder)
     assert again.anonymous is not policy.anonymous
+
+
+SURROGATE_POLICY = """\
+version: 1
+providers:
+  corp:
+    issuer: https://corp.test
+    jwks: {file: corp.jwks.json}
+    claims_to_headers: [{claim: sub, header: x-user}]
+rbac:
+  default_action: allow
+  policies:
+    - {name: no-admin, action: deny, permissions: {paths: [{prefix: /admin}]}}
+routes:
+  - name: writes
+    match: {methods: [POST]}
+    split: {salt: s, to: [{upstream: "http://a:1", weight: 1}, {upstream: "http://b:1", weight: 1}]}
+  - name: rest
+    upstream: http://rest:1
+"""
+
+
+async def test_a_claim_with_a_lone_surrogate_gets_the_usual_answers(folder, make_issuer):
+    """A signed `sub` of "\\ud800x" (legal JSON) must not turn answers into errors: the split
+    hash of every reachable route is worked out with the Identity, before RBAC runs."""
+    from claimroute.keyring import build_key_sources
+    from claimroute.pipeline import decide
+    from claimroute.routing import bucket_of
+
+    policy = load_policy_text(SURROGATE_POLICY, str(folder / "s.yaml"), folder)
+    sources = build_key_sources(policy)
+    corp = make_issuer("corp", "RS256", issuer="https://corp.test")
+    token = corp.mint("\ud800x", now=1_800_000_000)
+
+    async def answer(method: str, path: str):
+        view = RequestView(method, "http", "api.test", 80, path, (),
+                           Headers(authorization=f"Bearer {token}"), ())  # fmt: skip
+        return await decide(view, policy, sources, 1_800_000_000.0)
+
+    denied = await answer("GET", "/admin")
+    assert denied.rejection is not None and denied.rejection.status == 403
+    rest = await answer("GET", "/x")
+    assert rest.allowed and rest.route is not None and rest.route.name == "rest"
+    assert rest.set_headers == (("x-user", "\\ud800x"),)  # JSON-escaped, never raw
+    writes = await answer("POST", "/x")
+    assert writes.allowed and writes.route is not None and writes.route.name == "writes"
+    # The published formula over the code points (surrogatepass), the same on every request.
+    assert writes.route.bucket == bucket_of("s", "writes", "\ud800x")
+    assert (await answer("POST", "/y")).route == writes.route

@@ -57,6 +57,9 @@ def test_library_scenario_passes(
         "failed": 0,
     }
     assert report["run"]["requests_sent"] == SMALL[name]
+    # The addon logs each request's id: every decision it logged is joined to its request.
+    assert report["run"]["decisions_logged"] > 0
+    assert report["run"]["requests_attributed_to_a_decision"] == report["run"]["decisions_logged"]
     assert "PASS" in out.out and "report.html" in out.out
     svg = (tmp_path / "report.svg").read_text()
     assert svg.startswith("<?xml") and "</svg>" in svg

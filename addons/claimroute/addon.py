@@ -40,6 +40,8 @@ RELOAD_SWITCH_INTERVAL = 0.0005
 DRY_RUN_HEADER = "x-claimroute-rbac"
 METADATA_KEY = "claimroute"
 _KEY_FAILURES = frozenset({E.JWKS_FETCH_FAILED, E.JWT_KID_NOT_FOUND})
+DEFAULT_REQUEST_ID_HEADER = "x-request-id"  # Envoy's and Gloo's request id
+MAX_REQUEST_ID_CHARS = 200  # a client chooses it: the log line stays bounded
 
 
 def request_view(request: http.Request) -> RequestView:
@@ -121,6 +123,7 @@ class ClaimRoute:
         self._watcher: asyncio.Task[None] | None = None
         self._log_file: IO[str] | None = None
         self._debug_headers = False
+        self._request_id_header: str | None = DEFAULT_REQUEST_ID_HEADER
         self.cache: TokenCache | None = TokenCache(DEFAULT_CACHE_SIZE)
         # The policy's identity headers as lower-case bytes, computed once per policy.
         self._strip_keys: frozenset[bytes] = frozenset()
@@ -138,6 +141,11 @@ class ClaimRoute:
             f"Add the {DRY_RUN_HEADER} response header with RBAC dry-run decisions.",
         )  # fmt: skip
         loader.add_option(
+            "claimroute_request_id_header", str, DEFAULT_REQUEST_ID_HEADER,
+            "Request header whose value the decision log records as request_id "
+            "(empty: none).",
+        )  # fmt: skip
+        loader.add_option(
             "claimroute_cache_size", int, DEFAULT_CACHE_SIZE,
             "How many verified tokens to remember (LRU); 0 disables the cache.",
         )  # fmt: skip
@@ -152,6 +160,8 @@ class ClaimRoute:
                 )
         if "claimroute_debug_headers" in updated:
             self._debug_headers = ctx.options.claimroute_debug_headers
+        if "claimroute_request_id_header" in updated:
+            self._request_id_header = ctx.options.claimroute_request_id_header.strip() or None
         if "claimroute_log" in updated:
             self._open_log(ctx.options.claimroute_log)
         if "claimroute_cache_size" in updated:
@@ -287,7 +297,28 @@ class ClaimRoute:
         if self._log_file is not None:
             line = {"ts": round(time.time(), 3), "id": flow.id, "method": flow.request.method,
                     "url": flow.request.pretty_url.split("?", 1)[0], **record}  # fmt: skip
+            request_id = self._request_id(flow.request)
+            if request_id is not None:
+                line["request_id"] = request_id
             self._log_file.write(json.dumps(line) + "\n")
+
+    def _request_id(self, request: http.Request) -> str | None:
+        """The request id header's value for the decision log, or None.
+
+        Never a header that may carry a token (the log never holds one): a name that is a
+        token location of the policy, `authorization` or `cookie` is not read.
+        """
+        name = self._request_id_header
+        if name is None or self.policy is None:
+            return None
+        lowered = name.lower()
+        if lowered in ("authorization", "cookie") or any(
+            lowered == location.lower()
+            for location, _ in self.policy.token_locations.header_prefixes
+        ):
+            return None
+        value = request.headers.get(name)
+        return value[:MAX_REQUEST_ID_CHARS] if value is not None else None
 
     # -- policy and keys --------------------------------------------------------------------
 

@@ -233,6 +233,8 @@ def _one_pass(
     and the token header's fields take, in order, its values other than the token.
     """
     claim_keys = {name.lower() for name, _ in claim_fields}
+    if len(claim_keys) < len(claim_fields):
+        return None  # two claim headers of one name (the policy refuses it): general edits
     token_key = header_key(token.name) if token is not None else None
     if token_key is not None and (token_key == b"host" or token_key in claim_keys):
         return None

@@ -7,7 +7,8 @@ sticky share of users to each target with the published bucket formula:
 
 where `value` is the claim at `by` (default `sub`). Target i receives the buckets below
 `cumulative_weight_i * 10000 // total_weight`, in the order given. A request with no value for
-`by` goes to the first target.
+`by` goes to the first target. A value holding a lone surrogate (a JSON escape such as
+"\\ud800", which has no UTF-8) is encoded code point by code point (Python's "surrogatepass").
 """
 
 from __future__ import annotations
@@ -152,8 +153,11 @@ def _bucket_prefix(salt: str, route_name: str) -> bytes:
 
 
 def _bucket(prefix: bytes, value: str) -> int:
-    # sha256 of the UTF-8 of f"{salt}:{route name}:{value}", the prefix encoded once per route
-    digest = hashlib.sha256(prefix + value.encode()).digest()
+    # sha256 of the UTF-8 of f"{salt}:{route name}:{value}", the prefix encoded once per route.
+    # A claim may hold a lone surrogate (legal as a JSON escape, "\ud800"), which has no UTF-8:
+    # it is encoded as UTF-8 would encode the code point (surrogatepass), so such a caller
+    # still has a defined, sticky bucket; every other string encodes exactly as UTF-8.
+    digest = hashlib.sha256(prefix + value.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 

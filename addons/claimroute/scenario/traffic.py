@@ -411,11 +411,43 @@ def attribute_routes(
 ) -> int:
     """Give each request the route the addon logged for it; returns how many were matched.
 
-    The log has no request id, so a decision is matched by (method, path, sub) and by time:
-    its timestamp must fall inside the request's send..answer window. Requests with the same
-    key at the same time take the same route (same user, same policy), so a swap is harmless.
-    This is attribution only; which upstream served a request never comes from the log.
+    A decision that carries the request's id (`request_id`: the scenario sends its index in
+    REQUEST_ID_HEADER and the world has the addon log it) is matched exactly. Any other is
+    matched by (method, path, sub) and by time: its timestamp must fall inside the request's
+    send..answer window; requests with the same key at the same time take the same route (same
+    user, same policy), so a swap is harmless. This is attribution only; which upstream served
+    a request never comes from the log.
     """
+    by_index = {result.index: result for result in results}
+    matched = 0
+    loose: list[dict[str, Any]] = []
+    for record in decisions:
+        request_id = record.get("request_id")
+        result = by_index.pop(int(request_id), None) if _is_index(request_id) else None
+        if result is None:
+            loose.append(record)
+            continue
+        _attribute(result, record)
+        matched += 1
+    unmatched = sorted(by_index.values(), key=lambda r: r.started)
+    return matched + _attribute_by_time(unmatched, users, loose)
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 12
+
+
+def _attribute(result: RequestResult, record: dict[str, Any]) -> None:
+    result.route = record.get("route")
+    result.decision = str(record.get("outcome"))
+    bucket = record.get("bucket")
+    result.bucket = bucket if isinstance(bucket, int) else None
+
+
+def _attribute_by_time(
+    results: list[RequestResult], users: list[User], decisions: list[dict[str, Any]]
+) -> int:
+    """The fallback join by (method, path, sub) and time for decisions without a request id."""
     pending: dict[tuple[str, str, str | None], list[dict[str, Any]]] = defaultdict(list)
     for record in sorted(decisions, key=lambda r: r["ts"]):
         path = urlsplit(str(record.get("url", ""))).path or "/"
@@ -436,11 +468,7 @@ def attribute_routes(
                 i += 1  # an unmatched decision (e.g. a client retry): skip it
             found = i < len(queue) and queue[i]["ts"] <= result.ended + ATTRIBUTION_SLACK
             if found:
-                record = queue[i]
-                result.route = record.get("route")
-                result.decision = str(record.get("outcome"))
-                bucket = record.get("bucket")
-                result.bucket = bucket if isinstance(bucket, int) else None
+                _attribute(result, queue[i])
                 matched += 1
                 i += 1
             cursor[key] = i

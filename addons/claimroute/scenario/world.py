@@ -23,6 +23,7 @@ from ..errors import PolicyError
 from ..lab import EchoUpstream, JwksServer, MitmdumpFailed, MitmdumpProcess, TestIssuer
 from ..policy import Policy, load_policy, parse_policy
 from .model import PolicySource, Scenario, substitute
+from .traffic import REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,13 @@ class World:
                 self.step_policies[step.name] = rendered
         self.write_policy(self.initial)
         self.mitmdump = MitmdumpProcess(
-            self.policy_path, mode="regular", options={"claimroute_log": str(self.decision_log)}
+            self.policy_path,
+            mode="regular",
+            options={
+                "claimroute_log": str(self.decision_log),
+                # Each scenario request carries its index here: decisions join requests exactly.
+                "claimroute_request_id_header": REQUEST_ID_HEADER,
+            },
         )
         try:
             await self.mitmdump.astart(START_TIMEOUT)

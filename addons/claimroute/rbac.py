@@ -139,7 +139,7 @@ class Rbac:
         It reads only the caller, so it is worked out once per verified token (see
         `identity.Identity`) and `decide` only checks the permissions per request.
         """
-        return tuple(policy.is_principal(provider, claims) for policy, _ in self._rules)
+        return tuple([policy.is_principal(provider, claims) for policy, _ in self._rules])
 
     def evaluate(
         self, request: RequestView, provider: str | None, claims: Mapping[str, Any] | None

@@ -192,18 +192,16 @@ def identity_choices(
     It reads only the claims, so it is worked out once per verified token (see
     `identity.Identity`), sticky-split hashes included; `route_for` only checks the request.
     """
-    choices: list[RouteChoice | None] = []
-    for route in routes:
+    choices: list[RouteChoice | None] = [None] * len(routes)
+    for index, route in enumerate(routes):
         match = route.match
-        if not match.identity_matches(claims):
-            choices.append(None)
-            continue
-        choices.append(_choose(route, claims))
-        if not match.reads_request:
-            # This route takes every request of this caller: no later route is ever reached
-            # (`route_for` stops here), so their choices (and split hashes) are not worked out.
-            choices.extend(None for _ in range(len(routes) - len(choices)))
-            break
+        if match.identity_matches(claims):
+            choices[index] = _choose(route, claims)
+            if not match.reads_request:
+                # This route takes every request of this caller: no later route is ever
+                # reached (`route_for` stops here), so their choices (and split hashes) are
+                # not worked out.
+                break
     return tuple(choices)
 
 

@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if "proxy" in sections:
         results["proxy"] = proxy_load.run(
             setup,
-            rounds=args.rounds or (1 if quick else 3),
+            rounds=args.rounds or (1 if quick else 5),
             seconds=args.seconds or (2.0 if quick else 5.0),
             concurrency=args.concurrency,
             latency_rounds=1 if quick else 2,

@@ -214,3 +214,19 @@ def test_request_id_header_is_configurable_and_never_a_token_header(policy_file,
     [record] = _log_lines(policy_file, issuer, tmp_path, [flow_with(token)],
                           claimroute_request_id_header="")  # fmt: skip
     assert "request_id" not in record
+
+
+async def test_cache_command_reports_hits_and_misses(policy_file, issuer):
+    import json
+
+    addon = ClaimRoute()
+    token = issuer.mint("zed")
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, claimroute=str(policy_file))
+        for _ in range(3):
+            await addon.requestheaders(flow_with(token))
+        state = json.loads(tctx.command(addon.cache_state))
+        assert state["enabled"] is True
+        assert (state["size"], state["hits"], state["misses"]) == (1, 2, 1)
+        tctx.configure(addon, claimroute_cache_size=0)
+        assert json.loads(tctx.command(addon.cache_state)) == {"enabled": False}

@@ -196,6 +196,8 @@ class ClaimRoute:
         log.info("claimroute ready: listening on %s, policy %s", address, self.policy.path)
 
     def done(self) -> None:
+        if self.cache is not None and self.policy is not None:
+            log.info("claimroute: token cache at exit: %s", self.cache_state())
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -402,3 +404,10 @@ class ClaimRoute:
     def keys_state(self) -> str:
         """The key sets in use, per provider: kids, age and fetch counters (JSON)."""
         return json.dumps({name: src.state() for name, src in self.key_sources.items()})
+
+    @command.command("claimroute.cache")
+    def cache_state(self) -> str:
+        """The verified-token cache: size, bound, hits, misses, evictions (JSON)."""
+        if self.cache is None:
+            return json.dumps({"enabled": False})
+        return json.dumps({"enabled": True, **self.cache.stats()})

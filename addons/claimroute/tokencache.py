@@ -1,14 +1,15 @@
 """A bounded LRU of verified tokens, so a token seen before costs no parsing and no crypto.
 
-An entry is the token's `Identity` (its provider, claims and what the policy concludes from
-them), plus the `Policy` object and the `KeySet` object it was
-verified against. A lookup only hits when both are still the very objects in use (compared by
-identity: `entry.policy is policy` and `key_sources[provider].current() is entry.key_set`), so a
-policy reload or a key refresh invalidates every entry at once, with none of the pitfalls of
-comparing ids or fingerprints. Everything `verify_token` decides is a function of the token, the
-policy and the key set, except the time checks; those are re-run on every hit with exactly the
-expressions `verify.check_time` uses, so an entry dies at `exp + clock_skew` (and a token is
-never served outside its `nbf`/lifetime window, even if the clock goes back).
+An entry is the token's `Identity` (its provider, its claims and what the policy concludes from
+them), plus the `Policy` object and the `KeySet` object it was verified against. A lookup only
+hits when both are still the very objects in use (compared by identity: `entry.policy is
+policy` and `key_sources[provider].current() is entry.key_set`), so a policy reload or a key
+refresh invalidates every entry at once, with none of the pitfalls of comparing ids or
+fingerprints. Everything `verify_token` decides is a function of the token, the policy and the
+key set, except the time checks; those are re-run on every hit with exactly the expressions
+`verify.check_time` uses, so an entry dies at `exp + clock_skew` (and a token is never served
+outside its `nbf`/lifetime window, even if the clock goes back). The Identity is a function of
+the policy and the claims, so it is exactly as valid as the verification it came with.
 
 Only successes are cached: a refused token is verified (and refused) again every time, so junk
 can never fill the cache. The size is bounded (least recently used entries go first); size 0

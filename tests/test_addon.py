@@ -230,3 +230,31 @@ async def test_cache_command_reports_hits_and_misses(policy_file, issuer):
         assert (state["size"], state["hits"], state["misses"]) == (1, 2, 1)
         tctx.configure(addon, claimroute_cache_size=0)
         assert json.loads(tctx.command(addon.cache_state)) == {"enabled": False}
+
+
+def test_request_id_is_never_read_from_a_token_location_of_the_deciding_policy(
+    policy_file, issuer, tmp_path
+):
+    """The guard follows the policy a request was decided with (a reload may land while the
+    decision waits for keys) and compares names as identity headers are stripped."""
+    from claimroute.policy import load_policy_text
+
+    custom = load_policy_text(
+        POLICY.replace(
+            "    claims_to_headers:",
+            "    token_source: {headers: [{name: X-Api-Token}]}\n    claims_to_headers:",
+        ),
+        str(tmp_path / "custom.yaml"),
+        tmp_path,
+    )
+    token = issuer.mint("zed")
+    flow = flow_with(None, x_api_token=token, proxy_authorization="Basic c2VjcmV0")
+    addon = ClaimRoute()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, claimroute=str(policy_file))  # the loaded policy: authorization
+        for name in ("x-api-token", "X_API_TOKEN", " x-api-token ", "proxy-authorization"):
+            tctx.configure(addon, claimroute_request_id_header=name)
+            assert addon._request_id(flow.request, custom) is None, name
+        # The same header is an ordinary one for a policy that does not take tokens there.
+        tctx.configure(addon, claimroute_request_id_header="x-api-token")
+        assert addon._request_id(flow.request, addon.policy) == token[:200]

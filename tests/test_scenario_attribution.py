@@ -48,3 +48,23 @@ def test_junk_or_unknown_request_ids_fall_back_to_the_time_join():
     ]
     assert attribute_routes([request], USERS, decisions) == 1
     assert request.route == "right"
+
+
+def test_a_retry_decision_never_lands_on_another_request():
+    # Request 0 was killed and retried by the client (two decisions with its id); request 1,
+    # same user and path, got no decision at all (say mitmproxy refused it before any hook).
+    killed, silent = result(0, 0, 100.0), result(1, 0, 100.0)
+    decisions = [
+        decision("first", 100.002, request_id="0"),
+        decision("retry", 100.004, request_id="0"),
+    ]
+    assert attribute_routes([killed, silent], USERS, decisions) == 1
+    assert (killed.route, silent.route) == ("first", None)
+
+
+def test_odd_subs_in_a_hand_written_log_join_as_anonymous():
+    request = result(0, 0, 100.0)
+    users = [SimpleNamespace(sub="ann")]
+    decisions = [decision("odd", 100.005, sub=["not", "a", "string"])]
+    assert attribute_routes([request], users, decisions) == 1  # via the anonymous key
+    assert request.route == "odd"

@@ -42,6 +42,12 @@ METADATA_KEY = "claimroute"
 _KEY_FAILURES = frozenset({E.JWKS_FETCH_FAILED, E.JWT_KID_NOT_FOUND})
 DEFAULT_REQUEST_ID_HEADER = "x-request-id"  # Envoy's and Gloo's request id
 MAX_REQUEST_ID_CHARS = 200  # a client chooses it: the log line stays bounded
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _header_form(name: str) -> str:
+    """A header name as identity headers are compared: lower-case, `_` read as `-`."""
+    return name.strip().lower().replace("_", "-")
 
 
 def request_view(request: http.Request) -> RequestView:
@@ -238,7 +244,7 @@ class ClaimRoute:
             strip_headers(request, self._strip_keys)
         view = request_view(request)
         decision = await decide(view, policy, self.key_sources, time.time(), self.cache)
-        self._record(flow, decision)
+        self._record(flow, decision, policy)
         if decision.rejection is not None:
             self._refuse(flow, decision.rejection, view.realm)
             return
@@ -289,7 +295,7 @@ class ClaimRoute:
         else:
             flow.response = http.Response.make(status, body, headers)
 
-    def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
+    def _record(self, flow: http.HTTPFlow, decision: Decision, policy: Policy) -> None:
         record = decision.record()
         if decision.reason in _KEY_FAILURES:
             # Key trouble: say what the proxy holds (kids, age, fetch errors) next to the refusal.
@@ -299,24 +305,26 @@ class ClaimRoute:
         if self._log_file is not None:
             line = {"ts": round(time.time(), 3), "id": flow.id, "method": flow.request.method,
                     "url": flow.request.pretty_url.split("?", 1)[0], **record}  # fmt: skip
-            request_id = self._request_id(flow.request)
+            request_id = self._request_id(flow.request, policy)
             if request_id is not None:
                 line["request_id"] = request_id
             self._log_file.write(json.dumps(line) + "\n")
 
-    def _request_id(self, request: http.Request) -> str | None:
+    def _request_id(self, request: http.Request, policy: Policy) -> str | None:
         """The request id header's value for the decision log, or None.
 
-        Never a header that may carry a token (the log never holds one): a name that is a
-        token location of the policy, `authorization` or `cookie` is not read.
+        Never a header that may carry a credential (the log never holds a token): not
+        `authorization`, `proxy-authorization` or `cookie`, nor any header that is a token
+        location of `policy`, the policy this request was decided with (a reload may have
+        changed the locations since), with names compared as identity headers are stripped
+        (case-insensitive, `_` read as `-`).
         """
         name = self._request_id_header
-        if name is None or self.policy is None:
+        if name is None:
             return None
-        lowered = name.lower()
-        if lowered in ("authorization", "cookie") or any(
-            lowered == location.lower()
-            for location, _ in self.policy.token_locations.header_prefixes
+        key = _header_form(name)
+        if key in _CREDENTIAL_HEADERS or any(
+            key == _header_form(location) for location, _ in policy.token_locations.header_prefixes
         ):
             return None
         value = request.headers.get(name)
@@ -407,7 +415,8 @@ class ClaimRoute:
 
     @command.command("claimroute.cache")
     def cache_state(self) -> str:
-        """The verified-token cache: size, bound, hits, misses, evictions (JSON)."""
+        """The verified-token cache: size, max_size, hits, misses, evictions, invalidations
+        (JSON)."""
         if self.cache is None:
             return json.dumps({"enabled": False})
         return json.dumps({"enabled": True, **self.cache.stats()})

@@ -412,24 +412,29 @@ def attribute_routes(
     """Give each request the route the addon logged for it; returns how many were matched.
 
     A decision that carries the request's id (`request_id`: the scenario sends its index in
-    REQUEST_ID_HEADER and the world has the addon log it) is matched exactly. Any other is
-    matched by (method, path, sub) and by time: its timestamp must fall inside the request's
-    send..answer window; requests with the same key at the same time take the same route (same
-    user, same policy), so a swap is harmless. This is attribution only; which upstream served
-    a request never comes from the log.
+    REQUEST_ID_HEADER and the world has the addon log it) is matched exactly; a request's
+    second decision (a client retry of a killed flow) is dropped. Any other is matched by
+    (method, path, sub) and by time: its timestamp must fall inside the request's send..answer
+    window; requests with the same key at the same time take the same route (same user, same
+    policy), so a swap is harmless. This is attribution only; which upstream served a request
+    never comes from the log.
     """
     by_index = {result.index: result for result in results}
+    pending = dict(by_index)  # requests not yet given a decision
     matched = 0
     loose: list[dict[str, Any]] = []
     for record in decisions:
         request_id = record.get("request_id")
-        result = by_index.pop(int(request_id), None) if _is_index(request_id) else None
-        if result is None:
-            loose.append(record)
+        index = int(request_id) if _is_index(request_id) else None
+        if index is None or index not in by_index:
+            loose.append(record)  # no id, or not one of ours: the time join may place it
             continue
+        result = pending.pop(index, None)
+        if result is None:
+            continue  # a second decision for one request (a client retry): it has its first
         _attribute(result, record)
         matched += 1
-    unmatched = sorted(by_index.values(), key=lambda r: r.started)
+    unmatched = sorted(pending.values(), key=lambda r: r.started)
     return matched + _attribute_by_time(unmatched, users, loose)
 
 
@@ -452,6 +457,8 @@ def _attribute_by_time(
     for record in sorted(decisions, key=lambda r: r["ts"]):
         path = urlsplit(str(record.get("url", ""))).path or "/"
         sub = record.get("sub")
+        if not isinstance(sub, str):
+            sub = None  # the addon logs a string or null; anything else joins as anonymous
         pending[(str(record.get("method", "")), path, sub)].append(record)
     cursor: dict[tuple[str, str, str | None], int] = defaultdict(int)
     matched = 0

@@ -230,3 +230,36 @@ async def test_a_claim_with_a_lone_surrogate_gets_the_usual_answers(folder, make
     # The published formula over the code points (surrogatepass), the same on every request.
     assert writes.route.bucket == bucket_of("s", "writes", "\ud800x")
     assert (await answer("POST", "/y")).route == writes.route
+
+
+async def test_forward_payload_header_carries_the_payload_segment_on_every_request(
+    folder, make_issuer
+):
+    """Envoy's forward_payload_header / Istio's outputPayloadToHeader: the verified token's
+    payload segment, byte for byte, on misses and on cache hits alike."""
+    import base64
+    import json
+
+    from claimroute.keyring import build_key_sources
+    from claimroute.pipeline import decide
+    from claimroute.tokencache import TokenCache
+
+    text = POLICY.replace("DEFAULT", "allow").replace(
+        "    claims_to_headers: [{claim: sub, header: x-user}, {claim: roles, header: x-roles}]",
+        "    claims_to_headers: [{claim: sub, header: x-user}]\n"
+        "    forward_payload_header: X-Jwt-Payload",
+    )
+    policy = load_policy_text(text, str(folder / "payload.yaml"), folder)
+    sources = build_key_sources(policy)
+    corp = make_issuer("corp", "RS256", issuer="https://corp.test")  # wrote corp.jwks.json
+    token = corp.mint("ann", {"roles": ["reader"]}, now=1_800_000_000)
+    view = make_request("GET", "/api/x", "api.test", None)
+    view.headers["authorization"] = f"Bearer {token}"
+    cache = TokenCache()
+    for expected_cache in ("miss", "hit"):
+        decision = await decide(view, policy, sources, 1_800_000_000.0, cache)
+        assert decision.allowed and decision.cache == expected_cache
+        headers = dict(decision.set_headers)
+        assert headers["x-jwt-payload"] == token.split(".")[1]
+        padded = headers["x-jwt-payload"] + "=" * (-len(headers["x-jwt-payload"]) % 4)
+        assert json.loads(base64.urlsafe_b64decode(padded))["sub"] == headers["x-user"] == "ann"

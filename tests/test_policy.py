@@ -335,6 +335,30 @@ def test_missing_policy_file(tmp_path: Path) -> None:
             "claim: sub",
             "cannot carry a claim",
         ),
+        (
+            "forward_payload_header: Content-Length",
+            "providers.corp.forward_payload_header",
+            "forward_payload_header",
+            "cannot carry a payload",
+        ),
+        (
+            "forward_payload_header: [x-payload]",
+            "providers.corp.forward_payload_header",
+            "forward_payload_header",
+            "expected a string",
+        ),
+        (
+            "claims_to_headers: [{claim: sub, header: x-jwt}]\nforward_payload_header: X-JWT",
+            "providers.corp.forward_payload_header",
+            "forward_payload_header",
+            "also set from a claim",
+        ),
+        (
+            "forward_payload_header: Authorization",
+            "providers.corp.forward_payload_header",
+            "forward_payload_header",
+            "carries tokens",
+        ),
     ],
 )
 def test_provider_field_errors(
@@ -638,3 +662,11 @@ def test_non_finite_durations_are_refused(keydir: Path, value: str) -> None:
         key_path="providers.corp.clock_skew",
         line=line_of(text, "clock_skew"),
     )
+
+
+def test_forward_payload_header_is_an_identity_header(keydir: Path) -> None:
+    policy = load_policy_text(
+        one_provider("forward_payload_header: X-Jwt-Payload"), "policy.yaml", keydir
+    )
+    assert policy.providers["corp"].forward_payload_header == "x-jwt-payload"
+    assert "x-jwt-payload" in policy.identity_headers  # client copies are always stripped

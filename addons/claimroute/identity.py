@@ -59,13 +59,20 @@ class Identity:
 
 
 def identity_of(
-    policy: Policy, provider: Provider | None, claims: Mapping[str, Any] | None
+    policy: Policy,
+    provider: Provider | None,
+    claims: Mapping[str, Any] | None,
+    payload_b64: str = "",
 ) -> Identity:
     """Work out everything `policy` concludes from this provider and these claims alone
-    (provider and claims None for an anonymous request)."""
+    (provider and claims None for an anonymous request); `payload_b64` is the token's payload
+    segment, for a provider's `forward_payload_header`."""
     name = provider.name if provider is not None else None
     headers: tuple[tuple[str, str], ...] = ()
-    if provider is not None and claims is not None and provider.claims_to_headers:
-        headers = tuple(claim_headers(provider.claims_to_headers, claims))
+    if provider is not None and claims is not None:
+        if provider.claims_to_headers:
+            headers = tuple(claim_headers(provider.claims_to_headers, claims))
+        if provider.forward_payload_header and payload_b64:
+            headers += ((provider.forward_payload_header, payload_b64),)
     principals = policy.rbac.principal_hits(name, claims) if policy.rbac is not None else ()
     return Identity(provider, claims, headers, principals, identity_choices(policy.routes, claims))

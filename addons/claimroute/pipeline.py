@@ -110,7 +110,9 @@ async def decide(
             else:
                 verified = await verify_token(token.token, policy, key_sources, now)
                 # Everything the policy concludes from the claims alone, once per token.
-                identity = identity_of(policy, verified.provider, verified.claims)
+                identity = identity_of(
+                    policy, verified.provider, verified.claims, verified.payload_b64
+                )
                 if cache is not None:
                     cache.put(token.token, identity, policy, key_sources, now)
             assert identity.provider is not None  # a verified token has its provider

@@ -125,6 +125,9 @@ class Provider:
     require_expiration: bool
     max_lifetime: float | None
     claims_to_headers: tuple[ClaimHeader, ...]
+    # Envoy's forward_payload_header / Istio's outputPayloadToHeader: the verified token's
+    # payload segment (base64url, as in the token) in this header.
+    forward_payload_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +161,7 @@ class Policy:
 
 _PROVIDER_KEYS = (
     "issuer", "audiences", "jwks", "algorithms", "token_source", "keep_token", "clock_skew",
-    "require_expiration", "max_lifetime", "claims_to_headers",
+    "require_expiration", "max_lifetime", "claims_to_headers", "forward_payload_header",
 )  # fmt: skip
 _JWKS_KEYS = ("file", "inline", "url", "discovery", "cache_duration", "timeout")
 
@@ -242,6 +245,14 @@ def _parse_token_source(value: Any, loc: Loc) -> TokenSource:
     return TokenSource(tuple(headers), params, cookies)
 
 
+def _identity_header(value: Any, loc: Loc, what: str) -> str:
+    """A header the proxy sets from a verified token (lower-cased; never a reserved one)."""
+    header = schema.string(value, loc).lower()
+    if header in RESERVED_HEADERS or header.startswith(":"):
+        raise loc.error(f"header {header!r} cannot carry {what}")
+    return header
+
+
 def _parse_claims_to_headers(value: Any, loc: Loc) -> tuple[ClaimHeader, ...]:
     out = []
     seen: set[str] = set()
@@ -249,9 +260,7 @@ def _parse_claims_to_headers(value: Any, loc: Loc) -> tuple[ClaimHeader, ...]:
         item_loc = loc / index
         entry = schema.mapping(item, item_loc, allowed=("claim", "header"),
                                required=("claim", "header"))  # fmt: skip
-        header = schema.string(entry["header"], item_loc / "header").lower()
-        if header in RESERVED_HEADERS or header.startswith(":"):
-            raise (item_loc / "header").error(f"header {header!r} cannot carry a claim")
+        header = _identity_header(entry["header"], item_loc / "header", "a claim")
         if header in seen:
             raise (item_loc / "header").error(f"header {header!r} is set twice")
         seen.add(header)
@@ -277,6 +286,15 @@ def _parse_provider(name: str, value: Any, loc: Loc, base: Path) -> Provider:
     max_lifetime = None
     if spec.get("max_lifetime") is not None:
         max_lifetime = schema.duration(spec["max_lifetime"], loc / "max_lifetime")
+    claims_to_headers = _parse_claims_to_headers(
+        spec.get("claims_to_headers", []), loc / "claims_to_headers"
+    )
+    payload_header = None
+    if spec.get("forward_payload_header") is not None:
+        payload_loc = loc / "forward_payload_header"
+        payload_header = _identity_header(spec["forward_payload_header"], payload_loc, "a payload")
+        if any(entry.header == payload_header for entry in claims_to_headers):
+            raise payload_loc.error(f"header {payload_header!r} is also set from a claim")
     return Provider(
         name=name,
         issuer=issuer,
@@ -290,9 +308,8 @@ def _parse_provider(name: str, value: Any, loc: Loc, base: Path) -> Provider:
             spec.get("require_expiration", True), loc / "require_expiration"
         ),
         max_lifetime=max_lifetime,
-        claims_to_headers=_parse_claims_to_headers(
-            spec.get("claims_to_headers", []), loc / "claims_to_headers"
-        ),
+        claims_to_headers=claims_to_headers,
+        forward_payload_header=payload_header,
     )
 
 
@@ -339,12 +356,21 @@ def parse_policy(document: Any, root: Loc, *, base: Path, fingerprint: str) -> P
             if entry.header in token_headers:
                 loc = providers_loc / name / "claims_to_headers" / index / "header"
                 raise loc.error(f"{entry.header!r} carries tokens; a claim cannot be copied there")
+        if provider.forward_payload_header in token_headers:
+            loc = providers_loc / name / "forward_payload_header"
+            raise loc.error(
+                f"{provider.forward_payload_header!r} carries tokens; the payload cannot go there"
+            )
     validation = schema.choice(
         spec.get("validation", "require_valid"), root / "validation", VALIDATION_MODES
     )
     rbac = parse_rbac(spec["rbac"], root / "rbac", set(providers)) if "rbac" in spec else None
     routes = parse_routes(spec["routes"], root / "routes") if "routes" in spec else ()
-    identity = frozenset(h.header for p in providers.values() for h in p.claims_to_headers)
+    # Every header the proxy sets from a token, for any provider: always stripped from clients.
+    identity = frozenset(
+        [h.header for p in providers.values() for h in p.claims_to_headers]
+        + [p.forward_payload_header for p in providers.values() if p.forward_payload_header]
+    )
     return Policy(
         path=root.file,
         providers=providers,

@@ -25,6 +25,7 @@ providers:
     claims_to_headers:
       - {claim: sub, header: x-user}
       - {claim: realm_access.roles, header: x-roles}
+    forward_payload_header: x-jwt-payload
   edge:
     issuer: https://edge.test
     algorithms: [ES256]
@@ -85,6 +86,9 @@ async def test_valid_tokens_reach_the_upstream_with_claim_headers_and_without_th
     assert token not in json.dumps(seen.headers)
     if name == "corp":
         assert seen.header("x-roles") == "reader,writer"
+        assert seen.header("x-jwt-payload") == token.split(".")[1]
+    else:
+        assert seen.header("x-jwt-payload") is None
     assert seen.query == "page=2"
 
 
@@ -152,7 +156,7 @@ async def test_two_tokens_are_400_invalid_request(proxy, issuers, upstream):
 @pytest.mark.parametrize("token", [None, "not-a-jwt", "expired"])
 async def test_forged_identity_header_never_reaches_the_upstream(proxy, issuers, upstream, token):
     upstream.clear()
-    forged = {"X-User": "admin", "x-roles": "superuser"}
+    forged = {"X-User": "admin", "x-roles": "superuser", "x-jwt-payload": "eyJzdWIiOiJhZG1pbiJ9"}
     if token == "expired":
         token = issuers["corp"].mint("eve", tamper="expired")
     valid = issuers["corp"].mint("eve")
@@ -162,6 +166,7 @@ async def test_forged_identity_header_never_reaches_the_upstream(proxy, issuers,
     [seen] = upstream.received  # only the valid one got through
     assert seen.header_values("x-user") == ["eve"]
     assert seen.header_values("x-roles") == []
+    assert seen.header_values("x-jwt-payload") == [valid.split(".")[1]]
 
 
 async def test_head_request_with_bad_token_gets_401_and_no_body(proxy, issuers, upstream, url):

@@ -166,13 +166,14 @@ def _rewrite_headers(
     """Remove the token (unless kept), set the claim headers and, with `host_value`, update
     an existing Host header, writing the fields once.
 
-    The same result as `remove_token`, then `request.headers[name] = value` for each claim
+    The same result as removing the token (`headers.set_all(name, values other than the token)`,
+    or the query/cookie setters), then `request.headers[name] = value` for each claim
     header, then the Host update of mitmproxy's host/port setters (`headers["Host"] = value`
     if a Host header is present), each of which would rebuild the whole field tuple.
     """
     token = decision.token if not decision.keep_token else None
     if token is not None and token.kind != "header":
-        remove_token(request, decision)  # query or cookie: through mitmproxy's own setters
+        _remove_query_or_cookie_token(request, token)
         token = None
     if token is None and not decision.set_headers and host_value is None:
         return
@@ -186,10 +187,20 @@ def _rewrite_headers(
     request.headers.fields = tuple(rewritten)
 
 
-def _is_token_value(value: bytes, wanted: str) -> bool:
-    """Whether a field value of the token's header is the token (`remove_token`'s test: equal
-    to prefix + token, compared case-insensitively); `wanted` is that text lower-cased."""
-    return value.decode(*_ENCODING).lower() == wanted
+def _other_token_values(fields: tuple[tuple[bytes, bytes], ...], token: FoundToken) -> list[bytes]:
+    """The values of the token's header other than the token, as raw bytes, in order.
+
+    A value is the token when it equals prefix + token compared case-insensitively (what
+    `headers.get_all(name)` filtered with `v.lower() != (prefix + token).lower()` keeps);
+    decoding and encoding with surrogateescape gives the other values back unchanged.
+    """
+    wanted = (token.prefix.lower() + token.token).lower()
+    key = header_key(token.name)
+    return [
+        value
+        for name, value in fields
+        if name.lower() == key and value.decode(*_ENCODING).lower() != wanted
+    ]
 
 
 def _edits(
@@ -201,16 +212,8 @@ def _edits(
     """The `Headers.set_all` steps of `_rewrite_headers`, in order."""
     edits: list[_Edit] = []
     if token is not None:
-        # The token header's values other than the token (`remove_token`), kept as the raw
-        # bytes (decoding and encoding with surrogateescape gives them back unchanged).
-        wanted = (token.prefix.lower() + token.token).lower()
-        key = header_key(token.name)
-        kept = [
-            value
-            for name, value in fields
-            if name.lower() == key and not _is_token_value(value, wanted)
-        ]
-        edits.append((token.name.encode(*_ENCODING), key, kept, True))
+        kept = _other_token_values(fields, token)
+        edits.append((token.name.encode(*_ENCODING), header_key(token.name), kept, True))
     for raw, value in claim_fields:
         edits.append((raw, raw.lower(), [value], True))
     if host_value is not None:
@@ -240,12 +243,7 @@ def _one_pass(
         return None
     if b"host" in claim_keys:
         return None
-    kept: list[bytes] = []
-    if token is not None:
-        wanted = (token.prefix.lower() + token.token).lower()
-        for name, value in fields:
-            if name.lower() == token_key and not _is_token_value(value, wanted):
-                kept.append(value)
+    kept = _other_token_values(fields, token) if token is not None else []
     host = host_value.encode(*_ENCODING) if host_value is not None else None
     host_taken = False
     out: list[tuple[bytes, bytes]] = []
@@ -287,7 +285,7 @@ def apply_decision(request: http.Request, decision: Decision) -> None:
     """Rewrite an allowed request for its upstream: token removed (unless kept), claim
     headers set, then the route's scheme, host and port.
 
-    The same result as `remove_token`, `request.headers[name] = value` per claim header, then
+    The same result as removing the token, `request.headers[name] = value` per claim header, then
     `request.scheme/host/port = ...` (restoring the Host header read just before, with
     `preserve_host`).
     """
@@ -309,16 +307,9 @@ def apply_decision(request: http.Request, decision: Decision) -> None:
             request.host_header = original_host
 
 
-def remove_token(request: http.Request, decision: Decision) -> None:
-    """Remove the token from where it was found (the reference for `_rewrite_headers`)."""
-    token = decision.token
-    if token is None:
-        return
-    if token.kind == "header":
-        wanted = token.prefix.lower() + token.token
-        kept = [v for v in request.headers.get_all(token.name) if v.lower() != wanted.lower()]
-        request.headers.set_all(token.name, kept)
-    elif token.kind == "query":
+def _remove_query_or_cookie_token(request: http.Request, token: FoundToken) -> None:
+    """Remove a token found in the query or in a cookie, with mitmproxy's own setters."""
+    if token.kind == "query":
         request.query = [(k, v) for k, v in request.query.items(multi=True) if k != token.name]
     else:
         request.cookies = [(k, v) for k, v in request.cookies.items(multi=True) if k != token.name]

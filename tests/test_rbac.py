@@ -149,13 +149,26 @@ rbac:
     rbac = rbac_from(text)
     assert not rbac.evaluate(req(path="/api/../admin/users"), None, None).allowed
     assert not rbac.evaluate(req(path="//admin"), None, None).allowed
+    # Escaped forms an upstream decodes to the same path: unreserved characters, %2F, %5C, "\".
+    for dodge in (
+        "/%61dmin",
+        "/%61%64min/x",
+        "/api/%2e%2e/admin",
+        "/api/..%2fadmin",
+        "/api/..%5Cadmin",
+        "/api/..\\admin",
+    ):
+        assert not rbac.evaluate(req(path=dodge), None, None).allowed, dodge
     assert rbac.evaluate(req(path="/api/admin"), None, None).allowed
+    assert rbac.evaluate(req(path="/api/%2561dmin"), None, None).allowed  # %25 is not decoded
 
 
 @pytest.mark.parametrize(
     ("path", "normal"),
     [("/a/b", "/a/b"), ("/a/./b", "/a/b"), ("/a/../b", "/b"), ("/../../b", "/b"),
-     ("//a//b/", "/a/b/"), ("/a/b/..", "/a/"), ("/", "/")],
+     ("//a//b/", "/a/b/"), ("/a/b/..", "/a/"), ("/", "/"), ("/%7euser/%41", "/~user/A"),
+     ("/a%2Fb%5cc", "/a/b/c"), ("/a\\b", "/a/b"), ("/%2e%2E/x", "/x"), ("/a%20b%2a", "/a%20b%2A"),
+     ("/%2561", "/%2561"), ("/%zz", "/%zz")],
 )  # fmt: skip
 def test_normalize_path(path, normal):
     assert normalize_path(path) == normal

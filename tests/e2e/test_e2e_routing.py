@@ -171,3 +171,22 @@ async def direct(url: str, token: str) -> Reply:
     async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         text = await response.text()
         return Reply(response.status, text, dict(response.headers))
+
+
+async def test_escaped_paths_cannot_dodge_a_path_rule(proxy, kube, clean):
+    """svc-a may read /api/pets only: escaped dot segments and slashes that an upstream decodes
+    into another path are judged on that path (docs/policy.md, Permissions)."""
+    from yarl import URL
+
+    base = clean["primary"].url
+    svc_a = kube.mint(SVC.format("svc-a"))
+    for dodge in ("/api/pets/..%2F..%2Fadmin", "/api/pets/%2e%2e/%2E%2E/admin",
+                  "/api/pets/..%5C..%5Cadmin", "/%61pi/pets/../../admin"):  # fmt: skip
+        reply = await send(proxy.proxy_url, URL(base + dodge, encoded=True), token=svc_a)
+        assert (reply.status, reply.text) == (403, "RBAC: access denied"), dodge
+    assert clean["primary"].received == []
+    # An escaped form of an allowed path is allowed, and the upstream gets it as sent.
+    reply = await send(proxy.proxy_url, URL(base + "/%61pi/pets/%37", encoded=True), token=svc_a)
+    assert reply.status == 200
+    [seen] = clean["primary"].received
+    assert (seen.raw_path, seen.path) == ("/%61pi/pets/%37", "/api/pets/7")

@@ -139,6 +139,38 @@ rbac:
     assert not rbac.evaluate(req(path="/health", host="other"), None, None).allowed
 
 
+def test_host_rules_fail_closed_when_a_request_names_several_hosts():
+    text = """
+rbac:
+  default_action: allow
+  policies:
+    - {name: no-admin, action: deny, permissions: {hosts: [admin.internal.]}}
+"""
+    deny = rbac_from(text)
+
+    def view(target: str, *host_values: str) -> RequestView:
+        return RequestView("GET", "http", target, 80, "/", (),
+                           Headers([(b"host", v.encode()) for v in host_values]))  # fmt: skip
+
+    # The final dot, a port, letter case: one name.
+    for host in ("admin.internal", "ADMIN.internal.", "admin.internal:8080"):
+        assert not deny.evaluate(view("x", host), None, None).allowed, host
+    # Several Host values, or a client-chosen target that differs from Host: any name denies.
+    assert not deny.evaluate(view("x", "public", "admin.internal"), None, None).allowed
+    assert not deny.evaluate(view("x", "public, admin.internal"), None, None).allowed
+    assert not deny.evaluate(view("admin.internal", "public"), None, None).allowed
+    assert deny.evaluate(view("public", "public"), None, None).allowed
+
+    allow = rbac_from(text.replace("default_action: allow", "default_action: deny")
+                      .replace("no-admin, action: deny", "only-pets, action: allow")
+                      .replace("admin.internal.", "pets.internal"))  # fmt: skip
+    assert allow.evaluate(view("10.0.0.1", "pets.internal."), None, None).allowed
+    assert allow.evaluate(view("pets.internal"), None, None).allowed  # no Host: the target
+    # An allow rule covers a request only when every Host name is one of its hosts.
+    assert not allow.evaluate(view("x", "pets.internal", "admin.internal"), None, None).allowed
+    assert not allow.evaluate(view("x", "pets.internal, admin"), None, None).allowed
+
+
 def test_dot_segments_cannot_dodge_a_deny():
     text = """
 rbac:

@@ -129,17 +129,33 @@ def parse_methods(value: Any, loc: Loc) -> frozenset[str]:
 
 
 def parse_hosts(value: Any, loc: Loc) -> frozenset[str]:
-    """Host names (case-insensitive; a port in the request's Host is ignored)."""
-    return frozenset(h.lower() for h in schema.string_list(value, loc, non_empty=True))
+    """Host names (compared as `host_name` gives them: case-insensitive, no port, no final dot)."""
+    return frozenset(host_name(h) for h in schema.string_list(value, loc, non_empty=True))
 
 
-def request_host(host_header: str | None, target_host: str) -> str:
-    """The host a rule sees: the Host header's name if present, else the target host."""
-    if host_header:
-        name = host_header
-        if name.startswith("["):
-            name = name.split("]", 1)[0] + "]"
-        elif name.count(":") == 1:
-            name = name.split(":", 1)[0]
-        return name.lower()
-    return target_host.lower()
+def host_name(value: str) -> str:
+    """A host as rules compare it: without port, lower-case, without a final dot (the FQDN
+    `admin.example.` is `admin.example`)."""
+    name = value.strip()
+    if name.startswith("["):
+        name = name.split("]", 1)[0] + "]"
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    return name.lower().rstrip(".")
+
+
+def hosts_match(
+    hosts: frozenset[str], host_values: list[str], target_host: str, *, any_name: bool
+) -> bool:
+    """Whether a request is addressed to `hosts`.
+
+    A request names its host in the Host header (several values, or a comma-separated one, are
+    counted one by one) and, in regular proxy mode, in its target, which the client chooses
+    too. When they disagree the answer must fail closed both ways: with `any_name` (deny rules)
+    one matching name suffices, the target included; otherwise (allow rules) every Host name
+    must match (the target when there is no Host header).
+    """
+    names = [host_name(part) for value in host_values for part in value.split(",")]
+    if any_name:
+        return host_name(target_host) in hosts or any(name in hosts for name in names)
+    return all(name in hosts for name in names or [host_name(target_host)])

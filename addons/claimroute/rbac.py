@@ -15,11 +15,11 @@ from .matchers import ClaimsMatcher, compile_claims
 from .pathmatch import (
     PathRule,
     PathSet,
+    hosts_match,
     normalize_path,
     parse_hosts,
     parse_methods,
     parse_path_rules,
-    request_host,
 )
 from .request import RequestView
 from .source import Loc
@@ -51,16 +51,16 @@ class Permissions:
         path_set = PathSet.of(self.paths) if self.paths is not None else None
         object.__setattr__(self, "path_set", path_set)
 
-    def matches(self, request: RequestView, path: str) -> bool:
+    def matches(self, request: RequestView, path: str, *, deny: bool) -> bool:
+        """Whether the request is covered; `deny` for a deny rule, whose hosts match any name
+        the request is addressed to (an allow rule's, every name: see `hosts_match`)."""
         if self.methods is not None and request.method.upper() not in self.methods:
             return False
         if self.path_set is not None and not self.path_set.matches(path):
             return False
-        if self.hosts is not None:
-            host = request_host(request.header("host"), request.host)
-            if host not in self.hosts:
-                return False
-        return True
+        return self.hosts is None or hosts_match(
+            self.hosts, request.headers.get_all("host"), request.host, any_name=deny
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,10 @@ class RbacPolicy:
         claims: Mapping[str, Any] | None,
     ) -> bool:  # fmt: skip
         """Permissions AND principals (the same as one step of `Rbac.decide`)."""
-        if self.permissions is not None and not self.permissions.matches(request, path):
+        permissions = self.permissions
+        if permissions is not None and not permissions.matches(
+            request, path, deny=self.action == "deny"
+        ):
             return False
         return self.is_principal(provider, claims)
 
@@ -155,7 +158,9 @@ class Rbac:
         for (policy, result), is_principal in zip(self._rules, principals, strict=True):
             if is_principal:
                 permissions = policy.permissions
-                if permissions is None or permissions.matches(request, path):
+                if permissions is None or permissions.matches(
+                    request, path, deny=not result.allowed
+                ):
                     return result
         return self._default
 

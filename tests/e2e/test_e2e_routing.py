@@ -30,6 +30,9 @@ rbac:
   mode: {mode}
   default_action: deny
   policies:
+    - name: no-admin-host
+      action: deny
+      permissions: {{hosts: [admin.internal]}}
     - name: people
       action: allow
       principals: [{{provider: corp}}]
@@ -190,3 +193,18 @@ async def test_escaped_paths_cannot_dodge_a_path_rule(proxy, kube, clean):
     assert reply.status == 200
     [seen] = clean["primary"].received
     assert (seen.raw_path, seen.path) == ("/%61pi/pets/%37", "/api/pets/7")
+
+
+async def test_a_host_rule_sees_every_name_the_request_gives(proxy, corp, clean):
+    """Regular proxy mode: the client names the host twice (request target and Host header).
+    A deny on admin.internal holds whichever of them says so, and a final dot changes nothing."""
+    token = corp.mint("e3", {"org": "example.com"})
+    port = clean["primary"].url.rsplit(":", 1)[1]
+    for target, host in (("127.0.0.1", "admin.internal"), ("127.0.0.1", "ADMIN.internal."),
+                         ("admin.internal", f"127.0.0.1:{port}")):  # fmt: skip
+        url = f"http://{target}:{port}/api"
+        reply = await send(proxy.proxy_url, url, token=token, headers={"Host": host})
+        assert (reply.status, reply.text) == (403, "RBAC: access denied"), (target, host)
+    assert clean["primary"].received == []
+    reply = await send(proxy.proxy_url, f"http://127.0.0.1:{port}/api", token=token)
+    assert (reply.status, reply.upstream) == (200, "primary")

@@ -1021,6 +1021,12 @@ async def test_keys_fetched_when_none_loaded(env: Env) -> None:
         pytest.param(
             lambda env: env.rs.sign(env.rs.header({"crit": []}), payload(env.rs)), id="crit"
         ),
+        pytest.param(  # joserfc knows ES256K; this verifier does not
+            lambda env: build_compact(
+                {"alg": "ES256K", "kid": "x"}, payload(env.rs), lambda _: b"sig"
+            ),
+            id="alg-es256k",
+        ),
     ],
 )
 async def test_junk_tokens_trigger_no_key_fetch(env: Env, token: Any) -> None:

@@ -20,7 +20,7 @@ from joserfc.jws import JWSRegistry
 from . import errors as E
 from .errors import Rejection, invalid_token
 from .jsonstrict import StrictJSONError, loads_strict
-from .keys import KeySet, VerificationKey
+from .keys import SUPPORTED_ALGORITHMS, KeySet, VerificationKey
 from .keysource import KeySource
 from .policy import Policy, Provider
 
@@ -240,7 +240,7 @@ def select_provider(parsed: ParsedToken, policy: Policy) -> Provider:
 
 def check_algorithm(parsed: ParsedToken, provider: Provider, key_set: KeySet | None) -> None:
     """The alg must be known, allowed for this provider and (when keys exist) for a key."""
-    if parsed.alg not in _ALGORITHMS or parsed.alg == "none":
+    if parsed.alg not in SUPPORTED_ALGORITHMS:  # the project's own list (never `none`)
         raise invalid_token(E.JWT_ALG_NOT_ALLOWED)
     if provider.algorithms is not None and parsed.alg not in provider.algorithms:
         raise invalid_token(E.JWT_ALG_NOT_ALLOWED)

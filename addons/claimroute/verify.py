@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import binascii
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from joserfc.jws import JWSRegistry
@@ -49,21 +51,21 @@ class VerifiedToken:
 
     provider: Provider
     claims: dict[str, Any]
-    header: dict[str, Any]
-    payload_b64: str = ""  # the payload segment exactly as in the token
+    header: Mapping[str, Any]  # read-only: shared by every token with the same header
+    payload_b64: str  # the payload segment exactly as in the token
 
 
 @dataclass(slots=True)  # one per request: not frozen, which costs ~0.3 us a field to build
 class ParsedToken:
     """A structurally valid token, not yet trusted."""
 
-    header: dict[str, Any]
+    header: Mapping[str, Any]  # read-only (see _HEADERS)
     claims: dict[str, Any]
     signing_input: bytes
     signature: bytes
     alg: str
     kid: str | None
-    payload_b64: str = ""
+    payload_b64: str
 
 
 def _b64decode(segment: str, what: str) -> bytes:
@@ -90,12 +92,12 @@ def _b64decode(segment: str, what: str) -> bytes:
 
 # Parsed JOSE headers by their encoded text. An issuer signs every token with the same few
 # headers (alg, kid, typ), so the segment repeats across users: it is decoded and checked once.
-# Only headers that passed every check are kept; the dicts are shared, so nothing writes to them.
-_HEADERS: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+# Only headers that passed every check are kept, as read-only mappings (they are shared).
+_HEADERS: dict[str, tuple[Mapping[str, Any], str, str | None]] = {}
 _HEADERS_MAX = 256
 
 
-def _parse_header(header_b64: str) -> tuple[dict[str, Any], str, str | None]:
+def _parse_header(header_b64: str) -> tuple[Mapping[str, Any], str, str | None]:
     """Decode and check one header segment: (header, alg, kid) or a 401 Rejection."""
     try:
         header = loads_strict(_b64decode(header_b64, "header"))
@@ -112,7 +114,7 @@ def _parse_header(header_b64: str) -> tuple[dict[str, Any], str, str | None]:
     for member in _FORBIDDEN_HEADER_MEMBERS:
         if member in header:
             raise invalid_token(f"Jwt header member {member!r} is not supported")
-    return header, alg, kid
+    return MappingProxyType(header), alg, kid
 
 
 def parse_token(token: str) -> ParsedToken:
@@ -204,11 +206,6 @@ def check_audience(claims: dict[str, Any], provider: Provider) -> None:
             if value in audiences:
                 return
     raise Rejection(403, E.AUDIENCE_NOT_ALLOWED, None, challenge=False)
-
-
-def check_signature(parsed: ParsedToken, key_set: KeySet) -> bool:
-    """Whether some candidate key verifies the signature under the token's alg."""
-    return _signature_verifies(parsed, key_set.candidates(parsed.kid, parsed.alg))
 
 
 def _signature_verifies(parsed: ParsedToken, candidates: list[VerificationKey]) -> bool:

@@ -6,10 +6,11 @@ hits when both are still the very objects in use (compared by identity: `entry.p
 policy` and `key_sources[provider].current() is entry.key_set`), so a policy reload or a key
 refresh invalidates every entry at once, with none of the pitfalls of comparing ids or
 fingerprints. Everything `verify_token` decides is a function of the token, the policy and the
-key set, except the time checks; those are re-run on every hit with exactly the expressions
-`verify.check_time` uses, so an entry dies at `exp + clock_skew` (and a token is never served
-outside its `nbf`/lifetime window, even if the clock goes back). The Identity is a function of
-the policy and the claims, so it is exactly as valid as the verification it came with.
+key set, except the time checks; those are re-run on every hit with the function
+`verify.check_time` uses (`time_window_failure`), so an entry dies at `exp + clock_skew` (and a
+token is never served outside its `nbf`/lifetime window, even if the clock goes back). The
+Identity is a function of the policy and the claims, so it is exactly as valid as the
+verification it came with.
 
 Only successes are cached: a refused token is verified (and refused) again every time, so junk
 can never fill the cache. The size is bounded (least recently used entries go first); size 0
@@ -26,6 +27,7 @@ from .identity import Identity
 from .keys import KeySet
 from .keysource import KeySource
 from .policy import Policy
+from .verify import time_window_failure
 
 DEFAULT_CACHE_SIZE = 10_000
 
@@ -54,16 +56,8 @@ class _Entry:
         self.max_lifetime = provider.max_lifetime
 
     def valid_at(self, now: float) -> bool:
-        """The time checks of `verify.check_time` with the same expressions, so that a hit and
-        a fresh verification agree even at the boundaries."""
-        exp, skew = self.exp, self.skew
-        if exp is not None:
-            if now >= exp + skew:
-                return False
-            max_lifetime = self.max_lifetime
-            if max_lifetime is not None and exp - now > max_lifetime + skew:
-                return False
-        return self.nbf is None or not now + skew < self.nbf
+        """Whether the token is inside its time window: the very check verification made."""
+        return time_window_failure(self.exp, self.nbf, self.skew, self.max_lifetime, now) is None
 
 
 class TokenCache:

@@ -178,18 +178,27 @@ def check_time(claims: dict[str, Any], provider: Provider, now: float) -> None:
     exp = _numeric_date(claims, "exp")
     nbf = _numeric_date(claims, "nbf")
     _numeric_date(claims, "iat")
-    skew = provider.clock_skew
-    if exp is None:
-        if provider.require_expiration:
-            raise invalid_token("Jwt has no exp and the provider requires one")
-    else:
+    if exp is None and provider.require_expiration:
+        raise invalid_token("Jwt has no exp and the provider requires one")
+    failure = time_window_failure(exp, nbf, provider.clock_skew, provider.max_lifetime, now)
+    if failure is not None:
+        raise invalid_token(failure)
+
+
+def time_window_failure(
+    exp: float | None, nbf: float | None, skew: float, max_lifetime: float | None, now: float
+) -> str | None:
+    """Why a token with these (already checked) NumericDates is outside its time window at
+    `now`, or None. The token cache re-runs exactly this on every hit."""
+    if exp is not None:
         # RFC 7519: reject on or after exp; the skew gives clocks some slack.
         if now >= exp + skew:
-            raise invalid_token(E.JWT_EXPIRED)
-        if provider.max_lifetime is not None and exp - now > provider.max_lifetime + skew:
-            raise invalid_token(E.JWT_LIFETIME_TOO_LONG)
+            return E.JWT_EXPIRED
+        if max_lifetime is not None and exp - now > max_lifetime + skew:
+            return E.JWT_LIFETIME_TOO_LONG
     if nbf is not None and now + skew < nbf:
-        raise invalid_token(E.JWT_NOT_YET_VALID)
+        return E.JWT_NOT_YET_VALID
+    return None
 
 
 def check_audience(claims: dict[str, Any], provider: Provider) -> None:

@@ -152,6 +152,9 @@ routes:
     split: {to: [{upstream: "http://a:1", weight: 0}, {upstream: "http://b:2", weight: 5}]}
 """)
     assert {choose_route(routes, req(), {"sub": f"u{i}"}).host for i in range(300)} == {"b"}
+    # Callers without a value for `by` (no sub, or anonymous) are not sent to a drained target.
+    assert choose_route(routes, req(), {"org": "x"}).host == "b"
+    assert choose_route(routes, req(), None).host == "b"
 
 
 @pytest.mark.parametrize(

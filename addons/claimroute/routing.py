@@ -7,8 +7,9 @@ sticky share of users to each target with the published bucket formula:
 
 where `value` is the claim at `by` (default `sub`). Target i receives the buckets below
 `cumulative_weight_i * 10000 // total_weight`, in the order given. A request with no value for
-`by` goes to the first target. A value holding a lone surrogate (a JSON escape such as
-"\\ud800", which has no UTF-8) is encoded code point by code point (Python's "surrogatepass").
+`by` goes to the first target with a positive weight. A value holding a lone surrogate (a JSON
+escape such as "\\ud800", which has no UTF-8) is encoded code point by code point (Python's
+"surrogatepass").
 """
 
 from __future__ import annotations
@@ -88,6 +89,18 @@ class Split:
     salt: str
     targets: tuple[Upstream, ...]
     boundaries: tuple[int, ...]  # exclusive upper bucket of each target
+    # Where a caller without a value for `by` goes: the first target with a positive weight
+    # (a target at weight 0 is drained, for them too).
+    fallback: Upstream = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lower = 0
+        for target, upper in zip(self.targets, self.boundaries, strict=True):
+            if upper > lower:
+                object.__setattr__(self, "fallback", target)
+                return
+            lower = upper
+        raise ValueError("a split needs a target with a positive weight")  # parse refuses it
 
 
 class RouteChoice(NamedTuple):
@@ -175,7 +188,7 @@ def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
     assert split is not None
     value = split_value(walk(claims, split.by))
     if value is None:
-        return _choice(route, split.targets[0], None)
+        return _choice(route, split.fallback, None)
     prefix = route.bucket_prefix
     assert prefix is not None  # built at load for every split route
     bucket = _bucket(prefix, value)

@@ -195,7 +195,7 @@ def predicted_target(route: Route, payload: Mapping[str, Any] | None) -> tuple[s
     split = route.split
     value = split_value(walk(payload, split.by))
     if value is None:
-        return split.targets[0].url, None
+        return split.fallback.url, None
     bucket = bucket_of(split.salt, route.name, value)
     index = next(i for i, bound in enumerate(split.boundaries) if bucket < bound)
     return split.targets[index].url, bucket

@@ -336,6 +336,24 @@ def test_missing_policy_file(tmp_path: Path) -> None:
             "cannot carry a claim",
         ),
         (
+            "claims_to_headers:\n  - {claim: sub, header: 'x user'}",
+            "providers.corp.claims_to_headers[0].header",
+            "claim: sub",
+            "not a valid header name",
+        ),
+        (
+            "forward_payload_header: 'x-jwt:payload'",
+            "providers.corp.forward_payload_header",
+            "forward_payload_header",
+            "not a valid header name",
+        ),
+        (
+            'token_source: {headers: [{name: "x-tok\\r\\nx-admin"}]}',
+            "providers.corp.token_source.headers[0].name",
+            "token_source",
+            "not a valid header name",
+        ),
+        (
             "forward_payload_header: Content-Length",
             "providers.corp.forward_payload_header",
             "forward_payload_header",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .claimpath import MISSING, ClaimPath, format_claim_path, parse_claim_path, walk
-from .schema import type_name
+from .schema import header_name, type_name
 from .source import Loc
 
 OPERATORS = (
@@ -36,7 +36,6 @@ OPERATORS = (
     "all_of",
 )
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 _NUMBER = (int, float)  # a tuple: isinstance with it is cheaper than with int | float
 
 
@@ -502,9 +501,7 @@ def compile_headers(spec: Any, loc: Loc) -> HeadersMatcher:
     entries: list[tuple[str, Matcher]] = []
     seen: dict[str, str] = {}
     for name, value in spec.items():
-        if not _HEADER_NAME.fullmatch(name):
-            raise (loc / name).error(f"{name!r} is not a valid header name")
-        lower = name.lower()
+        lower = header_name(name, loc / name)
         if lower in seen:
             raise (loc / name).error(
                 f"header {name!r} is given twice (as {seen[lower]!r}); names are case-insensitive"

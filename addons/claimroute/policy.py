@@ -235,7 +235,7 @@ def _parse_token_source(value: Any, loc: Loc) -> TokenSource:
     for index, item in enumerate(schema.sequence(spec.get("headers", []), loc / "headers")):
         item_loc = loc / "headers" / index
         entry = schema.mapping(item, item_loc, allowed=("name", "prefix"), required=("name",))
-        name = schema.string(entry["name"], item_loc / "name").lower()
+        name = schema.header_name(entry["name"], item_loc / "name")
         prefix = schema.string(entry.get("prefix", ""), item_loc / "prefix", non_empty=False)
         headers.append(HeaderLocation(name, prefix))
     params = schema.string_list(spec.get("query_params", []), loc / "query_params")
@@ -247,7 +247,7 @@ def _parse_token_source(value: Any, loc: Loc) -> TokenSource:
 
 def _identity_header(value: Any, loc: Loc, what: str) -> str:
     """A header the proxy sets from a verified token (lower-cased; never a reserved one)."""
-    header = schema.string(value, loc).lower()
+    header = schema.header_name(value, loc)
     if header in RESERVED_HEADERS or header.startswith(":"):
         raise loc.error(f"header {header!r} cannot carry {what}")
     return header

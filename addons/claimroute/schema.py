@@ -9,6 +9,7 @@ from typing import Any
 
 from .source import Loc
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field name (a token)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -56,6 +57,14 @@ def string(value: Any, loc: Loc, *, non_empty: bool = True) -> str:
         # A YAML escape such as "\ud800" yields text no header or hash input can carry.
         raise loc.error("is not valid Unicode text (it holds a lone surrogate)") from None
     return value
+
+
+def header_name(value: Any, loc: Loc) -> str:
+    """An HTTP header name (an RFC 9110 token), lower-cased: header names compare that way."""
+    name = string(value, loc)
+    if not _HEADER_NAME.fullmatch(name):
+        raise loc.error(f"{name!r} is not a valid header name")
+    return name.lower()
 
 
 def boolean(value: Any, loc: Loc) -> bool:

@@ -382,3 +382,29 @@ def test_cli_policy_that_fails_once_substituted_exits_2(
     assert cli.main([str(path), "--out", str(tmp_path / "out")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"{path}:12: policy.providers.corp.audiences: must not be an empty list" in err
+
+
+def test_public_key_tamper_needs_an_issuer_with_a_public_key(tmp_path: Path) -> None:
+    text = VALID.replace("kube: {alg: RS256,", "kube: {alg: HS256,").replace(
+        "  - {name: anonymous, count: 2, token: none}",
+        "  - {name: anonymous, count: 2, token: none}\n"
+        "  - {name: forger, issuer: kube, tamper: hs256_public_key}",
+    )
+    exc = error_for(tmp_path, text)
+    assert exc.key_path == "users[2].tamper"
+    assert "'kube' (HS256) has none" in str(exc)
+
+
+def test_overrides_keep_the_files_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = load_scenario(write(tmp_path, VALID))
+    for overrides in ({"requests": 1_000_001}, {"concurrency": 513}, {"requests": 0}):
+        with pytest.raises(ValueError, match="must be between 1 and"):
+            scenario.with_overrides(**overrides)
+    path = write(tmp_path, VALID)
+    for flag, value in (("--requests", "1000000000"), ("--concurrency", "513")):
+        with pytest.raises(SystemExit) as info:  # argparse: usage error, exit 2
+            cli.main([str(path), flag, value])
+        assert info.value.code == 2
+        assert "must be between 1 and" in capsys.readouterr().err

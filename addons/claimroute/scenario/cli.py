@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -22,7 +22,7 @@ import claimroute
 from ..errors import PolicyError
 from ..lab import MitmdumpFailed
 from . import run_scenario
-from .model import load_scenario
+from .model import MAX_CONCURRENCY, MAX_REQUESTS, load_scenario
 from .world import WorldFailed
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_SCENARIO, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -38,11 +38,16 @@ def resolve(name: str) -> Path:
     return SCENARIOS / f"{name}.yaml"
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _bounded(maximum: int) -> Callable[[str], int]:
+    """An argparse type for an integer from 1 to `maximum` (the scenario file's own limits)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between 1 and {maximum:,}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("scenario", help="NAME (scenarios/NAME.yaml) or a path to a YAML file")
     parser.add_argument("--out", type=Path, help="report directory (default reports/NAME)")
-    parser.add_argument("--requests", type=_positive, help="override traffic.requests")
-    parser.add_argument("--concurrency", type=_positive, help="override traffic.concurrency")
+    parser.add_argument("--requests", type=_bounded(MAX_REQUESTS), help="override traffic.requests")
+    parser.add_argument(
+        "--concurrency", type=_bounded(MAX_CONCURRENCY), help="override traffic.concurrency"
+    )
     parser.add_argument("--seed", type=int, help="override traffic.seed")
     parser.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
     return parser

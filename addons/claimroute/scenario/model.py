@@ -41,6 +41,9 @@ NO_UPSTREAM = "none"
 type Serve = Literal["http", "file"]
 type ExpectKind = Literal["outcome", "sticky", "formula", "log"]
 
+MAX_REQUESTS = 1_000_000  # traffic.requests, in the file or as --requests
+MAX_CONCURRENCY = 512
+
 
 @dataclass(frozen=True, slots=True)
 class IssuerSpec:
@@ -177,20 +180,20 @@ class Scenario:
         requests: int | None = None,
         concurrency: int | None = None,
         seed: int | None = None,
-        expectations: tuple[Expectation, ...] | None = None,
     ) -> Scenario:
-        """A copy with traffic settings (or expectations) replaced; None keeps the value."""
+        """A copy with traffic settings replaced; None keeps the value. The overrides must
+        keep the file's limits (ValueError otherwise)."""
+        if requests is not None and not 1 <= requests <= MAX_REQUESTS:
+            raise ValueError(f"requests must be between 1 and {MAX_REQUESTS:,}")
+        if concurrency is not None and not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}")
         traffic = dataclasses.replace(
             self.traffic,
             requests=requests if requests is not None else self.traffic.requests,
             concurrency=concurrency if concurrency is not None else self.traffic.concurrency,
             seed=seed if seed is not None else self.traffic.seed,
         )
-        return dataclasses.replace(
-            self,
-            traffic=traffic,
-            expectations=expectations if expectations is not None else self.expectations,
-        )
+        return dataclasses.replace(self, traffic=traffic)
 
 
 # -- substitution ----------------------------------------------------------------------------
@@ -413,6 +416,13 @@ def _users(value: Any, loc: Loc, issuers: Mapping[str, IssuerSpec]) -> tuple[Pop
         tamper = None
         if spec.get("tamper") is not None:
             tamper = schema.choice(spec["tamper"], item_loc / "tamper", TAMPERS)
+            if tamper == "hs256_public_key" and issuer is not None:
+                alg = issuers[issuer].alg
+                if alg in HMAC_SIZES:
+                    raise (item_loc / "tamper").error(
+                        f"hs256_public_key signs with the issuer's public key, and issuer "
+                        f"{issuer!r} ({alg}) has none; use an RS, ES or EdDSA issuer"
+                    )
         sub = schema.string(spec.get("sub", "{name}-{i}"), item_loc / "sub")
         mix = _mix(spec["mix"], item_loc / "mix") if "mix" in spec else None
         headers_spec = schema.mapping(spec.get("headers", {}), item_loc / "headers")
@@ -442,9 +452,11 @@ def _traffic(value: Any, loc: Loc) -> Traffic:
     if not 0.1 <= timeout <= 120:
         raise (loc / "request_timeout").error("must be between 100ms and 120s")
     return Traffic(
-        requests=schema.integer(spec["requests"], loc / "requests", minimum=1, maximum=1_000_000),
+        requests=schema.integer(
+            spec["requests"], loc / "requests", minimum=1, maximum=MAX_REQUESTS
+        ),
         concurrency=schema.integer(
-            spec.get("concurrency", 16), loc / "concurrency", minimum=1, maximum=512
+            spec.get("concurrency", 16), loc / "concurrency", minimum=1, maximum=MAX_CONCURRENCY
         ),
         seed=schema.integer(spec.get("seed", 1), loc / "seed"),
         mix=mix,

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import statistics
-import time
 from array import array
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
+
+from claimroute.scenario.report import percentile
 
 IDLE_LIMIT = 900.0  # a worker whose parent says nothing for this long exits
 
@@ -30,7 +31,6 @@ class Job:
     duration: float
     warmup: float = 0.5
     token_offset: int = 0
-    with_tokens: bool = True
     max_requests: int | None = None  # stop sending after this many (e.g. one per user)
 
 
@@ -42,7 +42,6 @@ class LoadResult:
     errors: int
     seconds: float
     latencies_ms: list[float] = field(repr=False)
-    generator_cpu_seconds: float
     statuses: dict[int, int]
     completed: int = 0  # every response, warm-up included
 
@@ -51,17 +50,10 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, q: float) -> float:
-        """Latency percentile in ms (q in 0..100), nearest-rank; nan without samples."""
-        data = sorted(self.latencies_ms)
-        if not data:
-            return float("nan")
-        rank = max(0, min(len(data) - 1, round(q / 100 * len(data) + 0.5) - 1))
-        return data[rank]
-
-    @property
-    def generator_cpu_share(self) -> float:
-        """Generator CPU time over wall time (1.0 = one core busy)."""
-        return self.generator_cpu_seconds / self.seconds if self.seconds > 0 else 0.0
+        """Latency percentile in ms (q in 0..100), nearest-rank as in scenario reports; nan
+        without samples."""
+        value = percentile(self.latencies_ms, q)
+        return float("nan") if value is None else value
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -72,7 +64,6 @@ class LoadResult:
             "p50_ms": round(self.percentile(50), 3),
             "p99_ms": round(self.percentile(99), 3),
             "mean_ms": round(statistics.fmean(self.latencies_ms), 3) if self.latencies_ms else None,
-            "generator_cpu_share": round(self.generator_cpu_share, 3),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
         }
 
@@ -82,7 +73,7 @@ async def _run_job(job: Job, tokens: list[str]) -> dict[str, Any]:
     latencies = array("d")
     statuses: dict[int, int] = {}
     counter = {"next": job.token_offset, "ok": 0, "errors": 0, "completed": 0}
-    headers_for = [{"authorization": f"Bearer {t}"} for t in tokens] if job.with_tokens else [{}]
+    headers_for = [{"authorization": f"Bearer {t}"} for t in tokens]
     connector = aiohttp.TCPConnector(limit=job.concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     start = loop.time()
@@ -117,18 +108,12 @@ async def _run_job(job: Job, tokens: list[str]) -> dict[str, Any]:
                 else:
                     counter["errors"] += 1
 
-    cpu0 = time.process_time()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(client(session) for _ in range(job.concurrency)))
-    cpu = time.process_time() - cpu0
-    total = loop.time() - start
-    # CPU during the measured window only, assuming an even spread over the run.
-    window_cpu = cpu * job.duration / total if total > 0 else cpu
     return {
         "ok": counter["ok"],
         "errors": counter["errors"],
         "latencies": latencies.tobytes(),
-        "cpu": window_cpu,
         "statuses": statuses,
         "completed": counter["completed"],
     }
@@ -180,7 +165,7 @@ class LoadGenerator:
             if job.max_requests is not None:
                 requests = job.max_requests // len(workers) + 1
             conn.send(("run", Job(job.url, concurrency, job.duration, job.warmup, offset,
-                                  job.with_tokens, requests)))  # fmt: skip
+                                  requests)))  # fmt: skip
             active.append(conn)
         limit = job.warmup + job.duration + 60
         results = []
@@ -201,7 +186,6 @@ class LoadGenerator:
             errors=sum(r["errors"] for r in results),
             seconds=job.duration,
             latencies_ms=latencies,
-            generator_cpu_seconds=sum(r["cpu"] for r in results),
             statuses=statuses,
             completed=sum(r["completed"] for r in results),
         )

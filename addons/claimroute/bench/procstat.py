@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -50,7 +49,6 @@ class CpuWindow:
         self.pids = pids
         self._start: dict[str, float] = {}
         self._busy = 0.0
-        self.cores = os.cpu_count() or 1
 
     def __enter__(self) -> CpuWindow:
         self._start = {name: process_cpu(pid) for name, pid in self.pids.items()}
@@ -61,6 +59,6 @@ class CpuWindow:
         self.used = {name: process_cpu(pid) - self._start[name] for name, pid in self.pids.items()}
         self.machine = machine_busy() - self._busy
 
-    def others(self, also_ours: Iterable[float] = ()) -> float:
+    def others(self) -> float:
         """CPU seconds of processes not listed (other jobs sharing the machine)."""
-        return max(0.0, self.machine - sum(self.used.values()) - sum(also_ours))
+        return max(0.0, self.machine - sum(self.used.values()))

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Self
 
 from aiohttp import web
@@ -96,7 +95,6 @@ class ReceivedRequest:
     query: str  # raw query string, without "?"
     headers: list[tuple[str, str]]  # in order, duplicates preserved, names as sent
     body: bytes
-    received_at: float = field(default_factory=time.time)
 
     def header(self, name: str) -> str | None:
         """First value of header `name` (case-insensitive), or None."""

@@ -99,10 +99,6 @@ class JwksServer(LoopbackServer):
         if slow_seconds is not None:
             control.slow_seconds = slow_seconds
 
-    def set_slow_seconds(self, name: str, seconds: float) -> None:
-        """How long "slow" mode waits before answering."""
-        self.control(name).slow_seconds = seconds
-
     def set_issuer_override(self, name: str, issuer: str | None) -> None:
         """Make the discovery document claim `issuer` (None restores the real one)."""
         self.control(name).issuer_override = issuer

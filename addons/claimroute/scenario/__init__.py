@@ -78,9 +78,8 @@ async def run_scenario(
         book = TokenBook(users, world.issuers)
         await asyncio.to_thread(book.mint_all)
         plan = plan_requests(users, traffic.mix, traffic.requests, traffic.seed)
-        timeline = Timeline(scenario, world, book, len(plan))
         with ProgressReporter(len(plan), console, progress) as reporter:
-            timeline.notify = reporter.note
+            timeline = Timeline(scenario, world, book, len(plan), reporter.note)
             run = await drive(
                 scenario,
                 users,

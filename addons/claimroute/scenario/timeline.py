@@ -52,7 +52,7 @@ class Timeline:
         world: World,
         book: TokenBook,
         total: int,
-        notify: Callable[[str], None] = lambda text: None,
+        notify: Callable[[str], None],
     ) -> None:
         self.scenario = scenario
         self.world = world

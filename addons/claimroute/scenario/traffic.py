@@ -173,7 +173,6 @@ class RequestResult:
     seen_by: tuple[str, ...] = ()  # upstreams whose records contain this request
     route: str | None = None  # from the addon's decision log (attribution only)
     bucket: int | None = None  # ditto
-    decision: str | None = None  # ditto: allowed / anonymous / denied
 
     @property
     def upstream(self) -> str:
@@ -444,7 +443,6 @@ def _is_index(value: Any) -> bool:
 
 def _attribute(result: RequestResult, record: dict[str, Any]) -> None:
     result.route = record.get("route")
-    result.decision = str(record.get("outcome"))
     bucket = record.get("bucket")
     result.bucket = bucket if isinstance(bucket, int) else None
 

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from mitmproxy.http import Headers
 
 from claimroute.identity import identity_of
-from claimroute.pathmatch import normalize_path
 from claimroute.policy import Policy, load_policy_text
 from claimroute.request import RequestView
 from claimroute.routing import _choose, choose_route, route_for
@@ -121,10 +120,9 @@ def reference_rbac(policy: Policy, request: RequestView, provider: str | None, c
     """Every condition of every rule, in order: the deny rules, then the allow rules."""
     rbac = policy.rbac
     assert rbac is not None
-    path = normalize_path(request.path)
     for rules, allowed in ((rbac.deny, False), (rbac.allow, True)):
         for rule in rules:
-            if rule.matches(request, path, provider, claims):
+            if rule.matches(request, provider, claims):
                 return allowed, rule.name
     return rbac.default_allow, None
 

@@ -1,13 +1,18 @@
-"""Request path, method and host matching shared by RBAC permissions and route matches."""
+"""Request path, method, host and header conditions shared by RBAC permissions and routes."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import schema
+from .matchers import HeadersMatcher, compile_headers
 from .source import Loc
+
+if TYPE_CHECKING:
+    from .request import RequestView
 
 _DOUBLE_SLASH = re.compile(r"/{2,}")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -49,48 +54,17 @@ def normalize_path(path: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class PathRule:
-    """One of `{exact: /p}`, `{prefix: /p}` or `{regex: r}` (full match)."""
-
-    kind: str
-    value: str
-    pattern: re.Pattern[str] | None = None
-
-    def matches(self, path: str) -> bool:
-        if self.kind == "exact":
-            return path == self.value
-        if self.kind == "prefix":
-            return path.startswith(self.value)
-        assert self.pattern is not None
-        return self.pattern.fullmatch(path) is not None
-
-
-@dataclass(frozen=True, slots=True)
 class PathSet:
-    """A list of path rules (OR), grouped by kind once at load so that a request path is
-    tested with a set lookup, one `startswith` over every prefix, and the regexes in turn."""
+    """A list of path rules (`{exact: /p}`, `{prefix: /p}`, `{regex: r}` full match; OR),
+    grouped by kind at load so that a request path is tested with a set lookup, one
+    `startswith` over every prefix, and the regexes in turn."""
 
     exact: frozenset[str]
     prefixes: tuple[str, ...]
     patterns: tuple[re.Pattern[str], ...]
 
-    @classmethod
-    def of(cls, rules: tuple[PathRule, ...]) -> PathSet:
-        exact: set[str] = set()
-        prefixes: list[str] = []
-        patterns: list[re.Pattern[str]] = []
-        for rule in rules:  # the same split as `PathRule.matches`
-            if rule.kind == "exact":
-                exact.add(rule.value)
-            elif rule.kind == "prefix":
-                prefixes.append(rule.value)
-            else:
-                assert rule.pattern is not None
-                patterns.append(rule.pattern)
-        return cls(frozenset(exact), tuple(prefixes), tuple(patterns))
-
     def matches(self, path: str) -> bool:
-        """Whether any of the rules matches (the same as `any(r.matches(path) for r in ...)`)."""
+        """Whether any of the rules matches the (normalised) path."""
         if path in self.exact or path.startswith(self.prefixes):
             return True
         for pattern in self.patterns:  # noqa: SIM110 (a loop: no generator on the request path)
@@ -99,9 +73,11 @@ class PathSet:
         return False
 
 
-def parse_path_rules(value: Any, loc: Loc) -> tuple[PathRule, ...]:
+def parse_path_rules(value: Any, loc: Loc) -> PathSet:
     """A non-empty list of path rules (OR)."""
-    rules = []
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    patterns: list[re.Pattern[str]] = []
     for index, item in enumerate(schema.sequence(value, loc, non_empty=True)):
         item_loc = loc / index
         if isinstance(item, str):
@@ -111,16 +87,62 @@ def parse_path_rules(value: Any, loc: Loc) -> tuple[PathRule, ...]:
             raise item_loc.error("give exactly one of exact, prefix, regex")
         kind, raw = next(iter(spec.items()))
         text = schema.string(raw, item_loc / kind)
-        pattern = None
         if kind == "regex":
             try:
-                pattern = re.compile(text)
+                patterns.append(re.compile(text))
             except re.error as exc:
                 raise (item_loc / kind).error(f"invalid regular expression: {exc}") from None
-        elif not text.startswith("/"):
+            continue
+        if not text.startswith("/"):
             raise (item_loc / kind).error("a path starts with /")
-        rules.append(PathRule(kind, text, pattern))
-    return tuple(rules)
+        if kind == "exact":
+            exact.add(text)
+        else:
+            prefixes.append(text)
+    return PathSet(frozenset(exact), tuple(prefixes), tuple(patterns))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestConditions:
+    """The conditions on the request itself, one mechanism for RBAC permissions and route
+    matches: methods AND paths (any rule) AND hosts AND headers; a field left out matches
+    everything."""
+
+    methods: frozenset[str] | None = None
+    paths: PathSet | None = None
+    hosts: frozenset[str] | None = None
+    headers: HeadersMatcher | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Whether no condition reads the request (it matches every request)."""
+        return self.methods is self.paths is self.hosts is self.headers is None
+
+    def matches(self, request: RequestView, *, deny: bool = False) -> bool:
+        """Whether the request meets every condition; `deny` for a deny rule, whose hosts
+        match any name the request is addressed to (see `hosts_match`)."""
+        if self.methods is not None and request.method.upper() not in self.methods:
+            return False
+        if self.paths is not None and not self.paths.matches(request.rule_path):
+            return False
+        if self.hosts is not None and not hosts_match(
+            self.hosts, request.headers.get_all("host"), request.host, any_name=deny
+        ):
+            return False
+        return self.headers is None or self.headers.matches(request.header)
+
+
+ANY_REQUEST = RequestConditions()  # no condition: every request
+
+
+def parse_request_conditions(spec: Mapping[str, Any], loc: Loc) -> RequestConditions:
+    """The request conditions among `spec`'s keys (the caller says which keys it allows)."""
+    return RequestConditions(
+        methods=parse_methods(spec["methods"], loc / "methods") if "methods" in spec else None,
+        paths=parse_path_rules(spec["paths"], loc / "paths") if "paths" in spec else None,
+        hosts=parse_hosts(spec["hosts"], loc / "hosts") if "hosts" in spec else None,
+        headers=compile_headers(spec["headers"], loc / "headers") if "headers" in spec else None,
+    )
 
 
 def parse_methods(value: Any, loc: Loc) -> frozenset[str]:

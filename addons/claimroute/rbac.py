@@ -12,15 +12,7 @@ from typing import Any
 
 from . import schema
 from .matchers import ClaimsMatcher, compile_claims
-from .pathmatch import (
-    PathRule,
-    PathSet,
-    hosts_match,
-    normalize_path,
-    parse_hosts,
-    parse_methods,
-    parse_path_rules,
-)
+from .pathmatch import RequestConditions, parse_request_conditions
 from .request import RequestView
 from .source import Loc
 
@@ -39,38 +31,13 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
-class Permissions:
-    """What: methods AND paths (any rule) AND hosts; a field left out matches everything."""
-
-    methods: frozenset[str] | None
-    paths: tuple[PathRule, ...] | None
-    hosts: frozenset[str] | None
-    path_set: PathSet | None = field(init=False, repr=False, compare=False)  # `paths`, grouped
-
-    def __post_init__(self) -> None:
-        path_set = PathSet.of(self.paths) if self.paths is not None else None
-        object.__setattr__(self, "path_set", path_set)
-
-    def matches(self, request: RequestView, path: str, *, deny: bool) -> bool:
-        """Whether the request is covered; `deny` for a deny rule, whose hosts match any name
-        the request is addressed to (an allow rule's, every name: see `hosts_match`)."""
-        if self.methods is not None and request.method.upper() not in self.methods:
-            return False
-        if self.path_set is not None and not self.path_set.matches(path):
-            return False
-        return self.hosts is None or hosts_match(
-            self.hosts, request.headers.get_all("host"), request.host, any_name=deny
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class RbacPolicy:
     """A named allow or deny rule: any principal AND the permissions."""
 
     name: str
     action: str  # "allow" | "deny"
     principals: tuple[Principal, ...] | None
-    permissions: Permissions | None
+    permissions: RequestConditions | None  # what: methods, paths, hosts
 
     def is_principal(self, provider: str | None, claims: Mapping[str, Any] | None) -> bool:
         """Whether the caller is one of the principals (no `principals` list: everyone is)."""
@@ -82,14 +49,11 @@ class RbacPolicy:
         return False
 
     def matches(
-        self, request: RequestView, path: str, provider: str | None,
-        claims: Mapping[str, Any] | None,
-    ) -> bool:  # fmt: skip
+        self, request: RequestView, provider: str | None, claims: Mapping[str, Any] | None
+    ) -> bool:
         """Permissions AND principals (the same as one step of `Rbac.decide`)."""
         permissions = self.permissions
-        if permissions is not None and not permissions.matches(
-            request, path, deny=self.action == "deny"
-        ):
+        if permissions is not None and not permissions.matches(request, deny=self.action == "deny"):
             return False
         return self.is_principal(provider, claims)
 
@@ -152,15 +116,12 @@ class Rbac:
 
     def decide(self, request: RequestView, principals: tuple[bool, ...]) -> RbacResult:
         """Decide for one request, given `principal_hits` for its caller."""
-        path = normalize_path(request.path)
         # The deny policies, then the allow policies; the first whose principals include the
         # caller and whose permissions cover the request decides.
         for (policy, result), is_principal in zip(self._rules, principals, strict=True):
             if is_principal:
                 permissions = policy.permissions
-                if permissions is None or permissions.matches(
-                    request, path, deny=not result.allowed
-                ):
+                if permissions is None or permissions.matches(request, deny=not result.allowed):
                     return result
         return self._default
 
@@ -177,13 +138,9 @@ def _parse_principal(value: Any, loc: Loc, providers: set[str]) -> Principal:
     return Principal(provider, claims)
 
 
-def _parse_permissions(value: Any, loc: Loc) -> Permissions:
+def _parse_permissions(value: Any, loc: Loc) -> RequestConditions:
     spec = schema.mapping(value, loc, allowed=("methods", "paths", "hosts"))
-    return Permissions(
-        methods=parse_methods(spec["methods"], loc / "methods") if "methods" in spec else None,
-        paths=parse_path_rules(spec["paths"], loc / "paths") if "paths" in spec else None,
-        hosts=parse_hosts(spec["hosts"], loc / "hosts") if "hosts" in spec else None,
-    )
+    return parse_request_conditions(spec, loc)
 
 
 def parse_rbac(value: Any, loc: Loc, providers: set[str]) -> Rbac:

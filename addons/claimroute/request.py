@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from .pathmatch import normalize_path
 
 
 class HeaderLookup(Protocol):
@@ -24,6 +26,15 @@ class RequestView:
     query: tuple[tuple[str, str], ...]
     headers: HeaderLookup
     cookies: tuple[tuple[str, str], ...] = ()
+    _rule_path: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def rule_path(self) -> str:
+        """The path that path rules match on (`normalize_path`), worked out once per request
+        however many RBAC policies and routes read it."""
+        if self._rule_path is None:
+            self._rule_path = normalize_path(self.path)
+        return self._rule_path
 
     def header(self, name: str) -> str | None:
         """The header's value (several copies joined with `, `), or None when absent."""

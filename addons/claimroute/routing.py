@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 from . import schema
 from .claimpath import MISSING, ClaimPath, parse_claim_path, walk
-from .matchers import ClaimsMatcher, HeadersMatcher, compile_claims, compile_headers
-from .pathmatch import PathRule, PathSet, normalize_path, parse_methods, parse_path_rules
+from .matchers import ClaimsMatcher, compile_claims
+from .pathmatch import ANY_REQUEST, RequestConditions, parse_request_conditions
 from .request import RequestView
 from .source import Loc
 
@@ -47,20 +47,13 @@ class RouteMatch:
     """AND of the fields given; a field left out matches everything."""
 
     claims: ClaimsMatcher | None = None
-    headers: HeadersMatcher | None = None
-    paths: tuple[PathRule, ...] | None = None
-    methods: frozenset[str] | None = None
     authenticated: bool | None = None
-    path_set: PathSet | None = field(default=None, init=False, repr=False, compare=False)
+    request: RequestConditions = ANY_REQUEST  # methods, paths, headers
 
-    # Whether any condition reads the request (methods, paths, headers), worked out once.
-    reads_request: bool = field(default=False, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        path_set = PathSet.of(self.paths) if self.paths is not None else None
-        object.__setattr__(self, "path_set", path_set)  # `paths`, grouped once
-        reads = self.methods is not None or self.paths is not None or self.headers is not None
-        object.__setattr__(self, "reads_request", reads)
+    @property
+    def reads_request(self) -> bool:
+        """Whether any condition reads the request (methods, paths, headers)."""
+        return not self.request.empty
 
     def identity_matches(self, claims: Mapping[str, Any] | None) -> bool:
         """The conditions on the caller: `authenticated` and `claims`."""
@@ -68,17 +61,9 @@ class RouteMatch:
             return False
         return self.claims is None or self.claims.matches(claims)
 
-    def request_matches(self, request: RequestView) -> bool:
-        """The conditions on the request: `methods`, `paths` and `headers`."""
-        if self.methods is not None and request.method.upper() not in self.methods:
-            return False
-        if self.path_set is not None and not self.path_set.matches(normalize_path(request.path)):
-            return False
-        return self.headers is None or self.headers.matches(request.header)
-
     def matches(self, request: RequestView, claims: Mapping[str, Any] | None) -> bool:
         """Every condition (the caller's and the request's)."""
-        return self.identity_matches(claims) and self.request_matches(request)
+        return self.identity_matches(claims) and self.request.matches(request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +210,8 @@ def route_for(
     on the request hold, or None to leave the destination as it is."""
     for route, choice in zip(routes, choices, strict=True):
         if choice is not None:
-            match = route.match
-            if not match.reads_request or match.request_matches(request):
+            conditions = route.match.request
+            if conditions.empty or conditions.matches(request):
                 return choice
     return None
 
@@ -259,14 +244,12 @@ def _parse_match(value: Any, loc: Loc) -> RouteMatch:
     )
     return RouteMatch(
         claims=compile_claims(spec["claims"], loc / "claims") if "claims" in spec else None,
-        headers=compile_headers(spec["headers"], loc / "headers") if "headers" in spec else None,
-        paths=parse_path_rules(spec["paths"], loc / "paths") if "paths" in spec else None,
-        methods=parse_methods(spec["methods"], loc / "methods") if "methods" in spec else None,
         authenticated=(
             schema.boolean(spec["authenticated"], loc / "authenticated")
             if "authenticated" in spec
             else None
         ),
+        request=parse_request_conditions(spec, loc),
     )
 
 

@@ -122,14 +122,18 @@ def reference_rbac(policy: Policy, request: RequestView, provider: str | None, c
     assert rbac is not None
     for rules, allowed in ((rbac.deny, False), (rbac.allow, True)):
         for rule in rules:
-            if rule.matches(request, provider, claims):
+            covered = rule.permissions is None or rule.permissions.matches(
+                request, deny=rule.action == "deny"
+            )
+            if covered and rule.is_principal(provider, claims):
                 return allowed, rule.name
     return rbac.default_allow, None
 
 
 def reference_route(policy: Policy, request: RequestView, claims: Any):
     for route in policy.routes:
-        if route.match.matches(request, claims):
+        match = route.match
+        if match.identity_matches(claims) and match.request.matches(request):
             return _choose(route, claims)
     return None
 

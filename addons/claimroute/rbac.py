@@ -48,15 +48,6 @@ class RbacPolicy:
                 return True
         return False
 
-    def matches(
-        self, request: RequestView, provider: str | None, claims: Mapping[str, Any] | None
-    ) -> bool:
-        """Permissions AND principals (the same as one step of `Rbac.decide`)."""
-        permissions = self.permissions
-        if permissions is not None and not permissions.matches(request, deny=self.action == "deny"):
-            return False
-        return self.is_principal(provider, claims)
-
 
 @dataclass(frozen=True, slots=True)
 class RbacResult:

@@ -61,10 +61,6 @@ class RouteMatch:
             return False
         return self.claims is None or self.claims.matches(claims)
 
-    def matches(self, request: RequestView, claims: Mapping[str, Any] | None) -> bool:
-        """Every condition (the caller's and the request's)."""
-        return self.identity_matches(claims) and self.request.matches(request)
-
 
 @dataclass(frozen=True, slots=True)
 class Split:

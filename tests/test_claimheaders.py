@@ -158,3 +158,63 @@ def test_lone_surrogate_from_strict_json() -> None:
     assert claims["sub"] == "\ud800admin"
     [(_, value)] = claim_headers((ClaimHeader(("sub",), "x-user"),), claims)
     assert value.encode("utf-8").endswith(b"admin")
+
+
+# --- control characters (RFC 9110 §5.5: a field value holds no control but HTAB) ---------------
+
+CONTROLS = [chr(c) for c in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]]
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("shape", ["string", "list", "object"])
+def test_no_control_character_reaches_a_header(char: str, shape: str) -> None:
+    text = f"alice{char}admin"
+    value: Any = {"string": text, "list": ["ok", text], "object": {"name": text}}[shape]
+    out = header_value(value)
+    assert out is not None
+    assert not set(CONTROLS) & set(out)
+    # escaped as in a JSON string, the content kept: decoding gives the claim back. An object
+    # is compact JSON, whose C0 controls are escaped already; DEL is not, so that text is
+    # escaped as a whole, as one with a lone surrogate is.
+    if shape == "object":
+        assert json.loads(out if char != "\x7f" else json.loads(f'"{out}"')) == value
+    else:
+        assert json.loads(f'"{out}"') == (text if shape == "string" else f"ok,{text}")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a\x01b", "a\\u0001b"),
+        ("a\x08b", "a\\bb"),
+        ("a\x0bb", "a\\u000bb"),
+        ("a\x0cb", "a\\fb"),
+        ("a\x1bb", "a\\u001bb"),
+        ("a\x1fb", "a\\u001fb"),
+        ("a\x7fb", "a\\u007fb"),
+        # the whole value is escaped, the same way as for CR/LF/NUL
+        ('a\x01\tb"c\\é', 'a\\u0001\\tb\\"c\\\\\\u00e9'),
+        ("a\nb", "a\\nb"),
+        ("a\rb", "a\\rb"),
+        ("a\0b", "a\\u0000b"),
+    ],
+)
+def test_control_characters_are_json_escaped(value: str, expected: str) -> None:
+    assert header_value(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["a\tb", "José ☃", "a\u00a0b", "a\x85b", "a\u2028b", 'quote " and \\ backslash']
+)
+def test_allowed_characters_are_sent_as_they_are(value: str) -> None:
+    # HTAB is allowed in a field value; non-ASCII goes out as UTF-8 (obs-text), unescaped
+    assert header_value(value) == value
+
+
+def test_control_character_in_a_mapped_claim() -> None:
+    claims = {"sub": "alice\x1b[31m", "groups": ["a", "b\x7f"]}
+    mapping = (ClaimHeader(("sub",), "x-user"), ClaimHeader(("groups",), "x-groups"))
+    assert claim_headers(mapping, claims) == [
+        ("x-user", "alice\\u001b[31m"),
+        ("x-groups", "a,b\\u007f"),
+    ]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from claimroute import errors as E
+from claimroute.errors import PolicyError, Rejection
 from claimroute.keys import (
+    MAX_UNPINNED_KEYS,
     RSA_ALGORITHMS,
     KeyMaterialError,
     KeySet,
@@ -20,7 +26,10 @@ from claimroute.keys import (
     key_set_from_text,
     public_jwks_json,
 )
-from claimroute.lab import b64url
+from claimroute.keysource import StaticKeySource
+from claimroute.lab import TestIssuer, b64url
+from claimroute.policy import load_policy_text
+from claimroute.verify import verify_token
 
 pytestmark = pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")
 
@@ -422,3 +431,215 @@ def test_remote_set_skips_a_bad_key_even_when_the_origin_mentions_oct(
         document, "https://doctor.example/octet/jwks", allow_oct=False, strict=False
     )
     assert len(key_set.keys) == 1
+
+
+# --------------------------------------------------------------------------- bounded key work
+
+
+def ec_jwk(kid: str | None, crv: str = "P-256") -> dict[str, Any]:
+    jwk = ECKey.generate_key(crv).as_dict(private=False)
+    return jwk if kid is None else jwk | {"kid": kid}
+
+
+def ec_set(count: int, *, kids: bool, crv: str = "P-256", prefix: str = "k") -> KeySet:
+    entries = [ec_jwk(f"{prefix}{i}" if kids else None, crv) for i in range(count)]
+    return key_set_from_jwks({"keys": entries}, "x", allow_oct=False, strict=False)
+
+
+def test_a_token_without_kid_tries_at_most_the_bound() -> None:
+    assert MAX_UNPINNED_KEYS == 4  # documented in docs/policy.md and docs/security.md
+    at_bound = ec_set(MAX_UNPINNED_KEYS, kids=True)
+    assert len(at_bound.candidates(None, "ES256")) == MAX_UNPINNED_KEYS
+    over = ec_set(MAX_UNPINNED_KEYS + 1, kids=True)
+    assert over.candidates(None, "ES256") == []
+    # A kid still pins exactly one key, however large the set.
+    assert [k.kid for k in over.candidates("k3", "ES256")] == ["k3"]
+
+
+def test_an_unknown_kid_falls_back_to_at_most_the_bound_of_kidless_keys() -> None:
+    few = ec_set(MAX_UNPINNED_KEYS, kids=False)
+    assert len(few.candidates("nobody", "ES256")) == MAX_UNPINNED_KEYS
+    many = ec_set(MAX_UNPINNED_KEYS + 1, kids=False)
+    assert many.candidates("nobody", "ES256") == []
+    assert many.candidates(None, "ES256") == []
+
+
+def test_the_bound_counts_only_keys_that_can_verify_the_alg() -> None:
+    # Many ES384 keys do not crowd out the two ES256 keys of a kid-less ES256 token.
+    entries = [ec_jwk(f"p384-{i}", "P-384") for i in range(20)]
+    entries += [ec_jwk("a"), ec_jwk("b")]
+    key_set = key_set_from_jwks({"keys": entries}, "x", allow_oct=False, strict=False)
+    assert [k.kid for k in key_set.candidates(None, "ES256")] == ["a", "b"]
+    assert key_set.candidates(None, "ES384") == []
+    assert key_set.candidates(None, "RS256") == []
+
+
+def _policy_for(issuer: str, tmp_path: Path) -> Any:
+    return load_policy_text(
+        f"version: 1\nproviders:\n  corp:\n    issuer: {issuer}\n"
+        f"    jwks: {{inline: '{json.dumps(ec_jwk('placeholder'))}'}}\n",
+        "policy.yaml",
+        tmp_path,
+    )
+
+
+async def test_a_kidless_forgery_against_a_big_set_is_refused_without_signature_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corp = TestIssuer("corp", "ES256")
+    policy = _policy_for(corp.issuer, tmp_path)
+    big = ec_set(500, kids=True)
+    sources: dict[str, Any] = {"corp": StaticKeySource(big, "test")}
+    checked: list[Any] = []
+    from claimroute import verify
+
+    real = verify._signature_verifies
+    monkeypatch.setattr(
+        verify, "_signature_verifies", lambda p, c: checked.append(len(c)) or real(p, c)
+    )
+    forged = corp.mint("mallory", header={"kid": None})
+    started = time.perf_counter()
+    with pytest.raises(Rejection) as caught:
+        await verify_token(forged, policy, sources, time.time())
+    elapsed = time.perf_counter() - started
+    assert (caught.value.status, caught.value.reason) == (401, E.JWT_KID_NOT_FOUND)
+    assert checked == []  # refused before any signature check
+    assert elapsed < 0.05  # trying 500 keys took ~40 ms here, the 2,834 of the report ~200 ms
+
+
+async def test_a_kidless_token_verifies_against_a_small_set(tmp_path: Path) -> None:
+    corp = TestIssuer("corp", "ES256")
+    policy = _policy_for(corp.issuer, tmp_path)
+    others = [ec_jwk(None) for _ in range(MAX_UNPINNED_KEYS - 1)]
+    entries = [*others, corp.public_jwks()["keys"][0] | {"kid": None}]
+    entries = [{k: v for k, v in e.items() if v is not None} for e in entries]
+    key_set = key_set_from_jwks({"keys": entries}, "x", allow_oct=False, strict=False)
+    sources: dict[str, Any] = {"corp": StaticKeySource(key_set, "test")}
+    token = corp.mint("alice", header={"kid": None})
+    verified = await verify_token(token, policy, sources, time.time())
+    assert verified.claims["sub"] == "alice"
+
+
+def test_max_keys_refuses_a_set_before_importing_anything() -> None:
+    # The entries are junk: the count alone refuses the set, no key is looked at.
+    with pytest.raises(KeyMaterialError, match="lists 101 keys; at most 100 are accepted"):
+        key_set_from_jwks({"keys": [{}] * 101}, "x", allow_oct=False, strict=False, max_keys=100)
+    at_cap = [ec_jwk(f"k{i}") for i in range(3)]
+    key_set = key_set_from_jwks({"keys": at_cap}, "x", allow_oct=False, strict=False, max_keys=3)
+    assert len(key_set.keys) == 3
+
+
+# --------------------------------------------------------------------------- unusable keys
+
+UNKNOWN_CURVE_JWKS = [
+    pytest.param({"kty": "EC", "crv": "BP-256"}, "EC curve 'BP-256' is not supported", id="BP-256"),
+    pytest.param({"kty": "EC", "crv": "P-192"}, "EC curve 'P-192' is not supported", id="P-192"),
+    pytest.param(
+        {"kty": "EC", "crv": "brainpoolP256r1"},
+        "EC curve 'brainpoolP256r1' is not supported",
+        id="brainpool",
+    ),
+    pytest.param(
+        {"kty": "EC", "crv": "secp256k1"}, "EC curve 'secp256k1' is not supported", id="k1"
+    ),
+    pytest.param(
+        {"kty": "OKP", "crv": "Ed9999"}, "OKP curve 'Ed9999' is not supported", id="Ed9999"
+    ),
+    pytest.param({"kty": "OKP", "crv": "X448"}, "OKP curve X448 cannot sign", id="X448"),
+    pytest.param({"kty": "EC"}, "EC key has no string 'crv'", id="no-crv"),
+    pytest.param({"kty": "EC", "crv": ["P-256"]}, "EC key has no string 'crv'", id="crv-list"),
+]
+
+
+def odd_jwk(template: dict[str, Any], kid: str) -> dict[str, Any]:
+    """A JWK with the template's kty/crv and coordinates borrowed from a real key."""
+    if template.get("crv") == "X448":
+        from cryptography.hazmat.primitives.asymmetric import x448
+
+        return OKPKey.import_key(x448.X448PrivateKey.generate().public_key()).as_dict(
+            private=False
+        ) | {"kid": kid}
+    borrowed = ec_jwk(None)
+    names = ("x",) if template["kty"] == "OKP" else ("x", "y")
+    coordinates = {name: borrowed[name] for name in names}
+    return coordinates | template | {"kid": kid}
+
+
+@pytest.mark.parametrize(("template", "reason"), UNKNOWN_CURVE_JWKS)
+def test_remote_set_skips_a_key_on_an_unknown_curve_and_keeps_the_good_one(
+    template: dict[str, Any], reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = ec_jwk("good")
+    document = {"keys": [odd_jwk(template, "odd"), good]}
+    with caplog.at_level(logging.WARNING, logger="claimroute.keys"):
+        key_set = key_set_from_jwks(document, "https://idp/jwks", allow_oct=False, strict=False)
+    assert key_set.kids == ["good"]
+    [message] = [r.getMessage() for r in caplog.records]
+    assert f"https://idp/jwks key 'odd': {reason}" in message
+    assert message.endswith("the key is skipped")
+
+
+@pytest.mark.parametrize(("template", "reason"), UNKNOWN_CURVE_JWKS)
+def test_local_key_on_an_unknown_curve_is_a_load_error(
+    template: dict[str, Any], reason: str
+) -> None:
+    document = {"keys": [ec_jwk("good"), odd_jwk(template, "odd")]}
+    with pytest.raises(KeyMaterialError) as caught:
+        key_set_from_text(json.dumps(document), "keys.json")
+    assert str(caught.value).startswith(f"keys.json key 'odd': {reason}")
+
+
+def test_local_key_on_an_unknown_curve_is_a_policy_error_naming_file_and_key(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "corp.jwks.json"
+    keys.write_text(json.dumps({"keys": [ec_jwk("good"), ec_jwk("bp") | {"crv": "BP-256"}]}))
+    text = (
+        "version: 1\nproviders:\n  corp:\n    issuer: https://corp.test\n"
+        "    jwks: {file: corp.jwks.json}\n"
+    )
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text, "policy.yaml", tmp_path)
+    assert (caught.value.key_path, caught.value.line) == ("providers.corp.jwks.file", 5)
+    assert f"{keys} key 'bp': EC curve 'BP-256' is not supported" in str(caught.value)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP192R1(), ec.BrainpoolP256R1()], ids=lambda c: c.name)
+def test_pem_on_an_unknown_curve_is_a_load_error(curve: ec.EllipticCurve) -> None:
+    with pytest.raises(KeyMaterialError, match=f"EC curve {curve.name} is not supported"):
+        key_set_from_text(pem_of(ec_public(curve)), "odd.pem")
+
+
+def test_skipped_key_log_line_escapes_kid_and_reason(caplog: pytest.LogCaptureFixture) -> None:
+    hostile_kid = "evil\n2024-01-01 INFO forged line\x1b[31m\u202e" + "k" * 500
+    document = {"keys": [ec_jwk(hostile_kid) | {"crv": "P-1\n92"}, ec_jwk("good")]}
+    with caplog.at_level(logging.WARNING, logger="claimroute.keys"):
+        key_set = key_set_from_jwks(document, "https://idp/jwks", allow_oct=False, strict=False)
+    assert key_set.kids == ["good"]
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.isprintable()  # no newline, escape or bidi override reaches the log
+    assert "'evil\\n2024-01-01 INFO forged line\\x1b[31m\\u202e" in message
+    assert "'P-1\\n92'" in message
+    assert len(message) < 300  # a 500-character kid is cut
+
+
+def test_an_import_failure_of_any_kind_skips_only_that_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whatever joserfc raises for one key (here a KeyError, as for unknown curves before the
+    # curve check), the other keys stay usable in a remote set, and a local set names the key.
+    real = ECKey.import_key
+
+    def flaky(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, dict) and value.get("kid") == "broken":
+            raise KeyError("surprise")
+        return real(value, *args, **kwargs)
+
+    monkeypatch.setattr(ECKey, "import_key", flaky)
+    document = {"keys": [ec_jwk("broken"), ec_jwk("good")]}
+    with caplog.at_level(logging.WARNING, logger="claimroute.keys"):
+        key_set = key_set_from_jwks(document, "u", allow_oct=False, strict=False)
+    assert key_set.kids == ["good"]
+    assert "u key 'broken': cannot import the key (KeyError: 'surprise')" in caplog.text
+    with pytest.raises(KeyMaterialError, match="key 'broken': cannot import the key"):
+        key_set_from_text(json.dumps(document), "keys.json")

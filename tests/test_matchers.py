@@ -8,6 +8,7 @@ from claimroute.matchers import (
     OPERATORS,
     ClaimsMatcher,
     HeadersMatcher,
+    PolicyRegex,
     compile_claims,
     compile_headers,
     compile_matcher,
@@ -333,7 +334,7 @@ def test_compiled_matchers_are_frozen_and_compare_by_value():
 
 def test_regex_is_compiled_at_load():
     compiled = matcher("{regex: 'a+'}")
-    assert isinstance(compiled.pattern, re.Pattern)
+    assert isinstance(compiled.pattern, PolicyRegex)  # RE2, compiled once (see the end)
 
 
 # --- load errors ------------------------------------------------------------------------------
@@ -593,3 +594,265 @@ def test_header_load_errors(text, key_path, fragment):
     assert info.value.key_path == key_path
     assert info.value.line == 1
     assert fragment in info.value.reason
+
+
+# --- regular expressions are RE2 (linear time; docs/policy.md, "Claim paths and matchers") ---
+
+# Patterns that Python `re` and RE2 both take, with the same meaning on the inputs below.
+SHARED_PATTERNS = [
+    r"team-[a-z]+",
+    r"a|b",
+    r"a|ab",
+    r"(a|ab)(c|bcd)(d*)",
+    r"[0-9]+",
+    r"/api/v[0-9]+/pets(/.*)?",
+    r"(?i)admin",
+    r"(?i)straße",
+    r"(?i)k",
+    r"(?i)s+",
+    r"(?i:a)b",
+    r"(?s)a.*b",
+    r"a.*b",
+    r"(?m)^a$",
+    r"^a$",
+    r"a$",
+    r"\Aa",
+    r"[^a]*",
+    r"[]a]+",
+    r"[^]a]",
+    r"a{2,3}",
+    r"a{2,}",
+    r"a{0,2}?b",
+    r"(?:ab)+?c*",
+    r"x*",
+    r"",
+    r"\.",
+    r".",
+    r"..",
+    r"[^x]",
+    r"\\",
+    r"a\|b",
+    r"\$\^",
+    r"[-a]+",
+    r"é+",
+    "[\u03b1-\u03c9]+",  # Greek small letters
+    r"[\x00-\x1f]+",
+    r"\t\n\r\f\v",
+    r"(?P<name>[a-z]+)=(?P<value>[0-9]+)",
+    r"(a+)+b",
+    r"([a-zA-Z0-9]+[._-]?)+@([a-zA-Z0-9-]+\.)+[a-zA-Z]{2,}",
+    # ASCII classes: compared on ASCII inputs only (see ASCII_CLASSES)
+    r"[\w.-]+@[\w-]+\.[a-z]{2,}",
+    r"\d{3}-\d{4}",
+    r"\s*x\s*",
+    r"\bfoo\b.*",
+    r"\W+",
+]
+SHARED_INPUTS = [
+    "", "a", "b", "ab", "abc", "abcd", "aaa", "aab", "ADMIN", "admin", "Admin!", "team-x",
+    "team-", "/api/v2/pets", "/api/v2/pets/1", "/api/vx/pets", "a\nb", "a\n", "\na", "x",
+    " x ", "\tx\n", "foo", "foo bar", "foobar", "a@b.io", "ann.lee@corp.test", "123-4567",
+    "12-34", "name=42", "]", "]]a", "\t\n\r\x0c\x0b", "\\", "a|b", "$^", "é", "ééé", "αβγ",
+    "straße", "STRASSE", "STRAẞE", "K", "\u212a", "\u017f", "\x00", "\x01\x1f", "\ud800",
+    "a\udcffb", "-a-", "aaaaaaaaaaaab", "aaaaaaaaaaaa", "ab@cd.ef", "!?",
+]  # fmt: skip
+ASCII_CLASSES = re.compile(r"\\[dwsbDWSB]")
+
+
+def _ascii_safe(text: str) -> bool:
+    # where RE2's ASCII \d \w \s \b agree with Python's Unicode ones
+    return all(" " <= c <= "~" or c in "\t\n\r\x0c" for c in text)
+
+
+def test_re2_answers_as_python_re_did_on_shared_syntax():
+    # The full-match semantics are kept: the same yes or no as re.fullmatch before.
+    compared = 0
+    for pattern in SHARED_PATTERNS:
+        compiled = compile_matcher({"regex": pattern}, parse_yaml_text("m: 1\n", "p.yaml")[1])
+        old = re.compile(pattern)
+        for text in SHARED_INPUTS:
+            if ASCII_CLASSES.search(pattern) and not _ascii_safe(text):
+                continue
+            expected = old.fullmatch(text) is not None
+            assert compiled.matches(text) is expected, (pattern, text, expected)
+            compared += 1
+    assert compared > 2000
+
+
+def test_regex_is_a_full_match_not_a_search():
+    check("{regex: 'b'}", [("b", True), ("abc", False), ("ab", False), ("bc", False)])
+    check("{regex: 'a|ab'}", [("ab", True), ("a", True), ("abab", False)])
+    check("{regex: '(?m)^a$'}", [("a", True), ("a\nb", False), ("a\n", False)])
+
+
+@pytest.mark.parametrize(
+    ("spec", "cases"),
+    [
+        ("{regex: '(?i)admin'}", [("ADMIN", True), ("aDmIn", True), ("admins", False)]),
+        ("{regex: '(?i:a)b'}", [("Ab", True), ("AB", False)]),
+        ("{regex: '(?i)a(?-i)b'}", [("Ab", True), ("AB", False)]),
+        ("{regex: 'a(?i)b'}", [("aB", True), ("AB", False)]),
+        ("{regex: '(?s)a.b'}", [("a\nb", True), ("axb", True)]),
+        ("{regex: 'a.b'}", [("a\nb", False), ("axb", True)]),
+        ("{regex: '(?m)a$\\n^b'}", [("a\nb", True)]),
+        ("{regex: '(?U)a+'}", [("aaa", True)]),
+        ("{regex: '(?i)é'}", [("É", True)]),
+    ],
+)
+def test_inline_flags(spec, cases):
+    check(spec, cases)
+
+
+def test_re2_only_syntax_works():
+    check("{regex: '\\pL+'}", [("Ωmega", True), ("a1", False)])
+    check("{regex: '\\p{Greek}+'}", [("αβ", True), ("ab", False)])
+    check("{regex: 'caf\\x{e9}'}", [("café", True)])
+    check("{regex: '\\Qa.b\\E'}", [("a.b", True), ("axb", False)])
+    check("{regex: 'a\\z'}", [("a", True), ("a\n", False)])
+    check("{regex: '[[:digit:]]+'}", [("42", True), ("4a", False)])
+
+
+def test_ascii_classes_are_ascii():
+    # RE2's \d \w \s \b are ASCII (docs/policy.md); write \pN or \pL for Unicode classes
+    check("{regex: '\\d+'}", [("42", True), ("\u0663", False)])
+    check("{regex: '\\w+'}", [("a_1", True), ("é", False)])
+    check("{regex: '\\s'}", [(" ", True), ("\t", True), ("\x0b", False), ("\u00a0", False)])
+    check("{regex: '\\pN+'}", [("\u0663", True)])
+
+
+def test_lone_surrogates_are_one_character_and_never_an_error():
+    # `"\ud800"` is a legal JSON escape in a claim; mitmproxy keeps a header or path byte that
+    # is not UTF-8 as a surrogate (\udc80-\udcff). Both must match as `re` did, and not raise.
+    check("{regex: 'a.b'}", [("a\ud800b", True), ("a\udcffb", True), ("a\ud800\udcffb", False)])
+    check("{regex: '[^x]+'}", [("\ud800", True)])
+    check("{regex: '[a-z]+'}", [("ab\udc80", False)])
+    check("{regex: '.*admin'}", [("\ud800admin", True)])
+
+
+def test_regex_on_list_claims_and_headers_is_re2_too():
+    check("{regex: 'team-[a-z]+'}", [(["x", 1, "team-a"], True), (["x", "team-1"], False)])
+    compiled = headers_matcher("headers: {x-email: {regex: '[a-z.]+@corp\\.test'}}")
+    assert compiled.matches(getter({"x-email": "ann.lee@corp.test"}))
+    assert not compiled.matches(getter({"x-email": "ann.lee@corp.test.evil"}))
+
+
+EVIL_EMAIL_REGEX = r"([a-zA-Z0-9]+[._-]?)+@([a-zA-Z0-9-]+\.)+[a-zA-Z]{2,}"
+
+
+@pytest.mark.parametrize("length", [30, 1_000, 100_000])
+def test_catastrophic_patterns_take_linear_time(length):
+    # With `re` the 30-character e-mail case alone takes about a minute (twice as long for
+    # every character more: 2^n ways to split the run of letters).
+    import time
+
+    email = compile_matcher({"regex": EVIL_EMAIL_REGEX}, parse_yaml_text("m: 1\n", "p.yaml")[1])
+    nested = compile_matcher({"regex": "(a+)+b"}, parse_yaml_text("m: 1\n", "p.yaml")[1])
+    started = time.perf_counter()
+    assert not email.matches("a" * length + "!")
+    assert not nested.matches("a" * length)
+    assert not email.matches(["x", "a" * length + "!"])
+    assert time.perf_counter() - started < 1.0
+
+
+def test_claims_matcher_with_an_evil_claim_is_fast():
+    import time
+
+    compiled = claims_matcher(f"claims: {{email: {{regex: '{EVIL_EMAIL_REGEX}'}}}}")
+    started = time.perf_counter()
+    assert not compiled.matches({"email": "a" * 5_000 + "!"})
+    assert compiled.matches({"email": "ann.lee@corp.test"})
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fragments"),
+    [
+        ("(a)\\1", ["invalid escape sequence: \\1", "backreferences"]),
+        ("(?P<n>a)(?P=n)", ["invalid perl operator: (?P"]),
+        ("a(?=b)", ["invalid perl operator: (?=", "lookaround"]),
+        ("a(?!b)", ["invalid perl operator: (?!"]),
+        ("(?<=a)b", ["invalid perl operator: (?<="]),
+        ("(?<!a)b", ["invalid perl operator: (?<!"]),
+        ("a*+", ["bad repetition operator: *+", "possessive"]),
+        ("a++", ["bad repetition operator: ++"]),
+        ("a?+", ["bad repetition operator: ?+"]),
+        ("(?>a)", ["invalid perl operator: (?>", "atomic groups"]),
+        ("a\\Z", ["invalid escape sequence: \\Z", "write \\z (or $)"]),
+        ("(?x)a b", ["(?x", "inline flags i, m, s and U only"]),
+        ("(?a)\\w", ["inline flags i, m, s and U only"]),
+        ("(?#note)a", ["(?#...) comments"]),
+        ("caf\\u00e9", ["invalid escape sequence: \\u", "\\x{hhhh}"]),
+        ("a{1001}", ["invalid repetition size"]),
+        ("(unclosed", ["missing ): (unclosed"]),
+        ("a{,3}", ["{,3} would be literal text in RE2", "write {0,3}", "\\{,3}"]),
+        ("x(ab){,}", ["{,} would be literal text in RE2", "write {0,}"]),
+        ("[[:alpha:]]{,2}", ["{,2} would be literal text"]),
+    ],
+)
+def test_unsupported_regex_syntax_is_refused_at_load(pattern, fragments):
+    error = rbac_error(f"{{regex: '{pattern}'}}")
+    assert error.key_path == GROUPS + ".regex"
+    assert error.line == 7
+    assert error.reason.startswith(f"invalid regular expression {pattern!r}: ")
+    for fragment in fragments:
+        assert fragment in error.reason
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text"),
+    [
+        ("a\\{,3}", "a{,3}"),
+        ("a[{,3}]", "a,"),
+        ("[]{,3}]+", "]{,3}"),
+        ("[^]{,3}]", "x"),
+        ("[[:alpha:]{,3}]+", "a{,3}"),
+        ("\\Q{,3}\\E", "{,3}"),
+        ("a{0,3}", "aaa"),
+        ("a{2,}", "aaaa"),
+    ],
+)
+def test_literal_braces_are_not_taken_for_a_python_repetition(pattern, text):
+    check(f"{{regex: '{pattern}'}}", [(text, True)])
+
+
+def test_regex_error_names_file_key_path_and_line_in_block_style():
+    text = "claims:\n  email:\n    regex: '(?<=@)corp'\n"
+    value, root = parse_yaml_text(text, "p.yaml")
+    with pytest.raises(PolicyError) as info:
+        compile_claims(value["claims"], root / "claims")
+    assert str(info.value).startswith(
+        "p.yaml:3: claims.email.regex: invalid regular expression '(?<=@)corp': "
+    )
+
+
+def test_google_re2_never_falls_back_to_python_re():
+    # google-re2 refuses what RE2 cannot do (some other `re2` modules silently use `re`)
+    import re2
+
+    for pattern in ["(a)\\1", "a(?=b)", "a*+", "(?>a)"]:
+        with pytest.raises(re2.error):
+            re2.compile(pattern)
+    compiled = matcher("{regex: 'a+'}").pattern
+    assert not isinstance(compiled._fullmatch.__self__, re.Pattern)
+    assert type(compiled._fullmatch.__self__).__module__ == "re2"
+
+
+def test_a_falling_back_engine_is_refused(monkeypatch):
+    import re2
+
+    from claimroute import matchers
+
+    def fallback(pattern, options=None):  # what a falling-back `re2` module returns
+        return re.compile(pattern)
+
+    monkeypatch.setattr(re2, "compile", fallback)
+    with pytest.raises(RuntimeError, match="fell back to Python re"):
+        matcher("{regex: 'a+'}")
+    with pytest.raises(ImportError, match="not google-re2"):
+        matchers._check_engine()
+
+
+def test_policy_regexes_compare_by_text():
+    assert matcher("{regex: 'a+'}") == matcher("{regex: 'a+'}")
+    assert matcher("{regex: 'a+'}") != matcher("{regex: 'a*'}")
+    assert repr(matcher("{regex: 'a+'}").pattern) == "PolicyRegex('a+')"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import secrets
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,14 +20,16 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from joserfc.jwk import ECKey
 
 from claimroute import errors as E
+from claimroute import remote_jwks
 from claimroute.errors import Rejection
 from claimroute.keyring import build_key_sources
 from claimroute.keys import KeySet
 from claimroute.lab import JwksServer, LoopbackServer, TestIssuer
 from claimroute.policy import RemoteJwks, load_policy_text
-from claimroute.remote_jwks import FIRST_FETCH_WAIT, MAX_BODY_BYTES, RemoteKeySource
+from claimroute.remote_jwks import FIRST_FETCH_WAIT, MAX_BODY_BYTES, MAX_KEYS, RemoteKeySource
 from claimroute.verify import verify_token
 
 type MakeSource = Callable[..., RemoteKeySource]
@@ -548,3 +552,179 @@ providers:
     finally:
         source.close()
         await server.stop()
+
+
+# -- a hostile or careless provider: bounded key work, unusable keys ---------------------------
+
+
+def ec_jwks(count: int, prefix: str = "bulk") -> list[dict[str, Any]]:
+    return [
+        ECKey.generate_key("P-256").as_dict(private=False) | {"kid": f"{prefix}-{i}"}
+        for i in range(count)
+    ]
+
+
+async def test_a_set_over_max_keys_is_a_failure_that_keeps_the_last_good_set(
+    scripted: ScriptedServer, corp: TestIssuer, make_source: MakeSource
+) -> None:
+    assert MAX_KEYS == 100  # documented in docs/policy.md and docs/security.md
+    at_cap = [*corp.public_jwks()["keys"], *ec_jwks(MAX_KEYS - 1)]
+    scripted.serve_json("/jwks.json", {"keys": at_cap})
+    source = make_source(f"{scripted.url}/jwks.json")
+    good = await started(source)
+    assert len(good.kids) == MAX_KEYS
+
+    scripted.serve_json("/jwks.json", {"keys": [*at_cap, *ec_jwks(1, "extra")]})
+    assert await _refetch_after(source) is good
+    state = source.state()
+    assert state["failures"] == 1
+    assert f"lists {MAX_KEYS + 1} keys; at most {MAX_KEYS} are accepted" in state["last_error"]
+
+
+async def test_a_first_fetch_over_max_keys_gives_no_keys(
+    scripted: ScriptedServer, corp: TestIssuer, make_source: MakeSource
+) -> None:
+    scripted.serve_json("/jwks.json", {"keys": [*corp.public_jwks()["keys"], *ec_jwks(MAX_KEYS)]})
+    source = make_source(f"{scripted.url}/jwks.json")
+    source.start()
+    await wait_for(lambda: source.failures >= 1)
+    assert source.current() is None
+    assert "at most" in (source.last_error or "")
+
+
+UNKNOWN_CURVES = [("EC", "BP-256"), ("EC", "P-192"), ("EC", "brainpoolP256r1"), ("OKP", "Ed9999")]
+
+
+@pytest.mark.parametrize(("kty", "crv"), UNKNOWN_CURVES)
+async def test_a_key_on_an_unknown_curve_is_skipped_and_tokens_of_the_good_key_verify(
+    scripted: ScriptedServer,
+    corp: TestIssuer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    kty: str,
+    crv: str,
+) -> None:
+    borrowed = ECKey.generate_key("P-256").as_dict(private=False)
+    members = {"x": borrowed["x"]} if kty == "OKP" else {"x": borrowed["x"], "y": borrowed["y"]}
+    odd = {"kty": kty, "crv": crv, "kid": "odd"} | members
+    scripted.serve_json("/jwks.json", {"keys": [odd, *corp.public_jwks()["keys"]]})
+    url = f"{scripted.url}/jwks.json"
+    policy = load_policy_text(
+        f"version: 1\nproviders:\n  corp:\n    issuer: {corp.issuer}\n"
+        f'    jwks: {{url: "{url}", timeout: 1s}}\n',
+        "policy.yaml",
+        tmp_path,
+    )
+    sources = build_key_sources(policy)
+    source = sources["corp"]
+    assert isinstance(source, RemoteKeySource)
+    try:
+        with caplog.at_level(logging.WARNING, logger="claimroute"):
+            keys = await started(source)
+        assert keys.kids == [corp.kid]
+        assert source.failures == 0
+        verified = await verify_token(corp.mint("alice"), policy, sources, time.time())
+        assert verified.claims["sub"] == "alice"
+        skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+        assert skipped == [
+            f"{url} key 'odd': {kty} curve {crv!r} is not supported "
+            f"({'P-256, P-384, P-521' if kty == 'EC' else 'Ed25519, Ed448'}); the key is skipped"
+        ]
+    finally:
+        source.close()
+
+
+async def test_parse_and_import_run_in_a_worker_thread(
+    scripted: ScriptedServer,
+    corp: TestIssuer,
+    make_source: MakeSource,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: dict[str, set[int]] = {"parse": set(), "import": set()}
+    real_parse, real_import = remote_jwks.loads_strict, remote_jwks.key_set_from_jwks
+
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        threads["parse"].add(threading.get_ident())
+        return real_parse(*args, **kwargs)
+
+    def import_keys(*args: Any, **kwargs: Any) -> KeySet:
+        threads["import"].add(threading.get_ident())
+        return real_import(*args, **kwargs)
+
+    monkeypatch.setattr(remote_jwks, "loads_strict", parse)
+    monkeypatch.setattr(remote_jwks, "key_set_from_jwks", import_keys)
+    scripted.serve_json("/jwks.json", corp.public_jwks())
+    await started(make_source(f"{scripted.url}/jwks.json"))
+    loop_thread = threading.get_ident()
+    assert threads["parse"] and threads["import"]
+    assert loop_thread not in threads["parse"] | threads["import"]
+
+
+async def _loop_gaps_while(work: Awaitable[Any]) -> tuple[Any, float]:
+    """Run `work` while a ticker measures the longest the event loop went without a turn."""
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)
+    try:
+        result = await work
+    finally:
+        stop.set()
+        await ticking
+    return result, max(gaps)
+
+
+async def test_a_slow_key_import_does_not_hold_the_event_loop(
+    scripted: ScriptedServer,
+    corp: TestIssuer,
+    make_source: MakeSource,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scripted.serve_json("/jwks.json", corp.public_jwks())
+    source = make_source(f"{scripted.url}/jwks.json", timeout=2.0)
+    good = await started(source)
+    real_import = remote_jwks.key_set_from_jwks
+
+    def slow_import(*args: Any, **kwargs: Any) -> KeySet:
+        time.sleep(0.5)  # stands for a big import; on the loop it would stall every request
+        return real_import(*args, **kwargs)
+
+    monkeypatch.setattr(remote_jwks, "key_set_from_jwks", slow_import)
+    corp.rotate(keep_old=True)
+    scripted.serve_json("/jwks.json", corp.public_jwks())
+    await asyncio.sleep(0.15)  # past the refetch interval
+
+    async def refetch_and_serve() -> tuple[KeySet | None, float]:
+        pending = asyncio.create_task(source.keys_for_kid(corp.kid))  # triggers the refetch
+        await asyncio.sleep(0.05)
+        cached, elapsed = await timed(source.keys_for_kid(good.kids[0]))
+        assert cached is good and elapsed < 0.05  # served from the last good set meanwhile
+        return await pending, elapsed
+
+    (fresh, _), longest_gap = await _loop_gaps_while(refetch_and_serve())
+    assert fresh is not None and corp.kid in fresh.kids
+    assert longest_gap < 0.25, longest_gap
+
+
+async def test_a_refetch_of_thousands_of_keys_does_not_hold_the_event_loop(
+    scripted: ScriptedServer, corp: TestIssuer, make_source: MakeSource
+) -> None:
+    # With the cap raised, the import of the reported 2,834-key set really happens: in a
+    # worker thread the loop keeps its turns (on the loop it went ~150-300 ms without one).
+    scripted.serve_json("/jwks.json", corp.public_jwks())
+    source = make_source(f"{scripted.url}/jwks.json", timeout=5.0, max_keys=5000)
+    await started(source)
+    scripted.serve_json("/jwks.json", {"keys": [*corp.public_jwks()["keys"], *ec_jwks(2833)]})
+    await asyncio.sleep(0.15)
+    fresh, longest_gap = await _loop_gaps_while(source.keys_for_kid("bulk-7"))
+    assert fresh is not None and len(fresh.kids) == 2834
+    assert longest_gap < 0.1, longest_gap

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,11 @@ from .claimpath import MISSING, walk
 
 if TYPE_CHECKING:  # policy builds Identity objects, which use this module
     from .policy import ClaimHeader
+
+# The characters RFC 9110 (§5.5) forbids in a field value: every C0 control but HTAB, and DEL.
+# CR, LF and NUL among them would start a new header line; the others are refused or misread by
+# upstreams, so none of them is sent raw.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _scalar(value: Any) -> str | None:
@@ -48,11 +54,15 @@ def header_value(value: Any) -> str | None:
 
 
 def _safe(text: str) -> str:
-    # A claim must never be able to inject a second header line (CR/LF) into the request, nor
-    # carry a lone surrogate (legal as a JSON escape, "\ud800") that cannot be sent as UTF-8.
-    if "\r" in text or "\n" in text or "\0" in text or not (text.isascii() or _encodable(text)):
+    # A claim must never be able to inject a second header line (CR/LF) into the request, put a
+    # control character into it (RFC 9110 allows only HTAB), nor carry a lone surrogate (legal
+    # as a JSON escape, "\ud800") that cannot be sent as UTF-8. Such a value is sent as the
+    # text of a JSON string (json.dumps escapes every C0 control, DEL and non-ASCII).
+    if text.isprintable():  # the common case: no control, no surrogate (both unprintable)
+        return text
+    if _CONTROL.search(text) is not None or not (text.isascii() or _encodable(text)):
         return json.dumps(text)[1:-1]
-    return text
+    return text  # a tab, a non-ASCII space or another unprintable but allowed character
 
 
 def _encodable(text: str) -> bool:

@@ -9,6 +9,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_REASON_CHARS = 200  # a refusal reason built from token contents (body, header, decision log)
+MAX_LOG_CHARS = 300  # an IdP- or client-supplied string in a log line
+
+
+def log_safe(text: object, limit: int = MAX_LOG_CHARS) -> str:
+    """`text` fit for one log line: control characters escaped, at most `limit` characters.
+
+    Newlines, carriage returns, ESC (ANSI sequences), DEL, the C1 controls and the Unicode line
+    and paragraph separators become `\\n`, `\\x1b`, `\\u2028`... so a string from an IdP or a
+    client can neither start a forged log line nor drive the terminal; a longer text is cut and
+    ends in `...(N more)`.
+    """
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit]}...({len(text) - limit} more)"
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join(_escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    if ch.isprintable() or ch == " ":
+        return ch
+    if ch == "\n":
+        return "\\n"
+    if ch == "\r":
+        return "\\r"
+    if ch == "\t":
+        return "\\t"
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def bounded_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """A refusal reason that echoes token contents, cut to `limit` characters."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
 
 class PolicyError(ValueError):
     """A policy (or scenario) file is invalid; the message names file, key path and line."""
@@ -55,5 +94,9 @@ INTERNAL_ERROR = "Internal error in the authentication proxy"
 
 
 def invalid_token(reason: str) -> Rejection:
-    """401 with `error="invalid_token"`: the token is present but unusable."""
-    return Rejection(401, reason, "invalid_token")
+    """401 with `error="invalid_token"`: the token is present but unusable.
+
+    Some reasons quote the token (a JSON parser's complaint, a header member's name): they are
+    cut to `MAX_REASON_CHARS`, as they reach the body, `WWW-Authenticate` and the decision log.
+    """
+    return Rejection(401, bounded_reason(reason), "invalid_token")

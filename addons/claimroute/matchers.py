@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
+
 from .claimpath import MISSING, ClaimPath, format_claim_path, parse_claim_path, walk
 from .schema import header_name, type_name
 from .source import Loc
@@ -225,17 +227,167 @@ class Suffix(_StringTest):
         return f"suffix({_show(self.suffix)})"
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class Regex(_StringTest):
-    """`{regex: r}`: Python `re` full match, compiled at load."""
+# --- regular expressions ------------------------------------------------------------------------
+#
+# Every regex in a policy (the `regex` matcher on claims and headers, `{regex: r}` path rules) is
+# an RE2 full match. RE2 runs in time linear in the input, so no claim, header or path can make
+# a request stall the proxy (Python's `re` backtracks: `([a-z0-9]+/?)+` takes seconds on 30
+# characters). What RE2 cannot do (backreferences, lookaround, possessive quantifiers, atomic
+# groups) is refused at load, never emulated.
 
-    pattern: re.Pattern[str]
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors become policy errors; nothing on stderr
+_RE2_OPTIONS.never_capture = True  # only "does it match" is asked: no submatch bookkeeping
+# Left at their defaults on purpose: never_nl (it would stop `(?s).*` at a newline, which `re`
+# does not), dot_nl (`(?s)` turns it on per pattern), longest_match (a full match is the same
+# yes or no either way), posix_syntax (off: Perl classes, \b and inline flags stay available).
 
-    def test(self, text: str) -> bool:
-        return self.pattern.fullmatch(text) is not None
+# `{,n}` and `{,}` are a repetition ({0,n}, {0,}) in Python `re` but literal text in RE2: a
+# pattern written for the old engine would change meaning without a word, so it is refused.
+_PYTHON_ONLY_REPEAT = re.compile(r"\{,[0-9]*\}")
+
+_HINTS = (
+    ("\\Z", "write \\z (or $) for the end of the text"),
+    ("(?x", "RE2 takes the inline flags i, m, s and U only"),
+    ("(?a", "RE2 takes the inline flags i, m, s and U only"),
+    ("(?u", "RE2 takes the inline flags i, m, s and U only"),
+    ("(?#", "RE2 has no (?#...) comments"),
+    ("\\u", "write a code point as \\x{hhhh}"),
+    ("\\N", "write a code point as \\x{hhhh}"),
+)
+_SYNTAX = (
+    "policy regexes use RE2 syntax: no backreferences, lookaround (?= (?! (?<= (?<!, "
+    "possessive quantifiers (*+ ++ ?+) or atomic groups (?>...)"
+)
+
+
+class PolicyRegex:
+    """A policy regex compiled with RE2 at load; `fullmatch(text)` says whether the whole
+    text matches, as `re.fullmatch` did before.
+
+    The text is matched as UTF-8. A lone surrogate (a JSON escape such as `"\\ud800"` in a
+    claim, or a header or path byte that is not UTF-8, which mitmproxy keeps as a surrogate) is
+    encoded code point by code point (`surrogatepass`), so it is one character to RE2 as it was
+    to `re` (`.` and `[^x]` match it), and a hostile value cannot raise an error.
+    """
+
+    __slots__ = ("_fullmatch", "text")
+
+    def __init__(self, text: str, compiled: Any) -> None:
+        self.text = text
+        self._fullmatch = compiled.fullmatch
+
+    def fullmatch(self, text: str) -> bool:
+        """True if all of `text` matches the pattern."""
+        return self._fullmatch(text.encode("utf-8", "surrogatepass")) is not None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PolicyRegex) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
 
     def __repr__(self) -> str:
-        return f"regex({_show(self.pattern.pattern)})"
+        return f"PolicyRegex({self.text!r})"
+
+
+def _class_end(text: str, start: int) -> int:
+    """The index after the character class that opens at `text[start]` (`[`), RE2 syntax."""
+    index = start + 1
+    if text.startswith("^", index):
+        index += 1
+    if text.startswith("]", index):  # a `]` first in a class is the character itself
+        index += 1
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+        elif text.startswith("[:", index):  # [:alpha:]
+            close = text.find(":]", index + 2)
+            index = index + 1 if close < 0 else close + 2
+        elif char == "]":
+            return index + 1
+        else:
+            index += 1
+    return index
+
+
+def _python_only_repeat(text: str) -> str | None:
+    """The first `{,n}` outside a character class and an escape, if any."""
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            if text.startswith("Q", index + 1):  # \Q...\E: literal text
+                end = text.find("\\E", index + 2)
+                index = len(text) if end < 0 else end + 2
+            else:
+                index += 2
+        elif char == "[":
+            index = _class_end(text, index)
+        else:
+            if char == "{" and (found := _PYTHON_ONLY_REPEAT.match(text, index)):
+                return found.group()
+            index += 1
+    return None
+
+
+def _re2_compile(text: str) -> Any:
+    compiled = re2.compile(text, _RE2_OPTIONS)
+    if isinstance(compiled, re.Pattern):  # a `re2` module that falls back to `re`
+        raise RuntimeError(
+            "the re2 module fell back to Python re; claimroute needs google-re2, which never does"
+        )
+    return compiled
+
+
+def compile_regex(text: str, loc: Loc) -> PolicyRegex:
+    """Compile a policy regex found at `loc` with RE2, or raise a policy error that names it."""
+    try:
+        compiled = _re2_compile(text)
+    except (re2.error, UnicodeEncodeError, ValueError, OverflowError) as exc:
+        reason = exc.args[0] if exc.args else str(exc)
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        hints = [hint for needle, hint in _HINTS if needle in text]
+        raise loc.error(
+            f"invalid regular expression {text!r}: {reason} ({'; '.join([*hints, _SYNTAX])})"
+        ) from None
+    repeat = _python_only_repeat(text)
+    if repeat is not None:
+        bound = repeat[2:-1]
+        raise loc.error(
+            f"invalid regular expression {text!r}: {repeat} would be literal text in RE2 "
+            f"(it was a repetition in Python re); write {{0,{bound}}} to repeat, or "
+            f"\\{repeat} for the text"
+        )
+    return PolicyRegex(text, compiled)
+
+
+def _check_engine() -> None:
+    # Some packages that install a `re2` module fall back to Python `re` when RE2 refuses a
+    # pattern, which would bring backtracking back without a word. google-re2 refuses.
+    try:
+        re2.compile("(a)\\1", _RE2_OPTIONS)
+    except re2.error:
+        return
+    raise ImportError("the installed re2 module accepts backreferences: it is not google-re2")
+
+
+_check_engine()
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Regex(_StringTest):
+    """`{regex: r}`: an RE2 full match, compiled at load (see `compile_regex`)."""
+
+    pattern: PolicyRegex
+
+    def test(self, text: str) -> bool:
+        return self.pattern.fullmatch(text)
+
+    def __repr__(self) -> str:
+        return f"regex({_show(self.pattern.text)})"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -359,12 +511,7 @@ def _compile_operator(op: str, arg: Any, loc: Loc, header: bool) -> Matcher:
     if op == "suffix":
         return Suffix(_operand_string(arg, loc, op))
     if op == "regex":
-        text = _operand_string(arg, loc, op)
-        try:
-            pattern = re.compile(text)
-        except (re.error, RecursionError, OverflowError, ValueError) as exc:
-            raise loc.error(f"invalid regular expression {text!r}: {exc}") from None
-        return Regex(pattern)
+        return Regex(compile_regex(_operand_string(arg, loc, op), loc))
     if op == "one_of":
         if not isinstance(arg, list):
             raise loc.error(f"one_of needs a list of values, got {type_name(arg)}")

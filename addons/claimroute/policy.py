@@ -21,7 +21,7 @@ from .identity import Identity, identity_of
 from .keys import SUPPORTED_ALGORITHMS, KeyMaterialError, KeySet, key_set_from_text
 from .rbac import Rbac, parse_rbac
 from .routing import Route, parse_routes
-from .source import Loc, load_yaml_file, parse_yaml_text
+from .source import Loc, Stamp, parse_yaml_bytes, parse_yaml_text, read_file
 
 VALIDATION_MODES = ("require_valid", "allow_missing", "allow_missing_or_failed")
 DEFAULT_CLOCK_SKEW = 60.0
@@ -91,6 +91,10 @@ class LocalJwks:
     key_set: KeySet
     origin: str
     path: str | None = None  # the key file, watched for changes like the policy itself
+    # With a key file: the digest of the bytes read, and the file's stamp taken before reading
+    # them (so a reload fingerprints exactly what it parsed and sees a later change).
+    digest: str = field(default="", compare=False, repr=False)
+    stamp: Stamp = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,9 @@ class Policy:
     identity_headers: frozenset[str]  # every claims_to_headers target: always stripped
     token_locations: TokenSource  # union of every provider's sources
     fingerprint: str  # changes whenever the file's (or a key file's) content changes
+    # Each file the policy was read from (the policy file, then its key files) with its stamp
+    # taken before reading it; empty for a policy parsed from text.
+    file_stamps: tuple[tuple[str, Stamp], ...] = field(default=(), compare=False, repr=False)
     # What the policy concludes about every anonymous request's caller, worked out once.
     anonymous: Identity = field(init=False, repr=False, compare=False)
 
@@ -154,6 +161,24 @@ class Policy:
         """The local key files the policy reads; a change to one reloads the policy too."""
         return tuple(
             p.jwks.path
+            for p in self.providers.values()
+            if isinstance(p.jwks, LocalJwks) and p.jwks.path is not None
+        )
+
+    @property
+    def key_file_digests(self) -> tuple[str, ...]:
+        """Digests of the key files as read, in the order of `key_files`."""
+        return tuple(
+            p.jwks.digest
+            for p in self.providers.values()
+            if isinstance(p.jwks, LocalJwks) and p.jwks.path is not None
+        )
+
+    @property
+    def key_file_stamps(self) -> tuple[tuple[str, Stamp], ...]:
+        """(path, stamp before reading) of each key file, in the order of `key_files`."""
+        return tuple(
+            (p.jwks.path, p.jwks.stamp)
             for p in self.providers.values()
             if isinstance(p.jwks, LocalJwks) and p.jwks.path is not None
         )
@@ -197,11 +222,12 @@ def _parse_jwks(
                 name = schema.string(spec["file"], loc / "file")
                 path = (base / name).resolve()
                 try:
-                    data = path.read_bytes()
+                    data, stamp = read_file(path)
                 except OSError as exc:
                     raise (loc / "file").error(f"cannot read {path}: {exc.strerror}") from None
                 key_set = key_set_from_text(data, str(path), allowed_algorithms=algorithms)
-                return LocalJwks(key_set, str(path), str(path))
+                digest = hashlib.sha256(data).hexdigest()
+                return LocalJwks(key_set, str(path), str(path), digest, stamp)
             inline = spec["inline"]
             text = json.dumps(inline) if isinstance(inline, dict) else inline
             text = schema.string(text, loc / "inline")
@@ -385,14 +411,29 @@ def parse_policy(document: Any, root: Loc, *, base: Path, fingerprint: str) -> P
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read, parse and validate a policy file. Raises PolicyError naming file, key path, line."""
+    """Read, parse and validate a policy file. Raises PolicyError naming file, key path, line.
+
+    Each file is read once: the policy is parsed from, and fingerprinted on, the same bytes
+    (key files likewise), and `file_stamps` holds each file's stamp from before its read.
+    """
     path = Path(path)
-    document, root = load_yaml_file(path)
+    name = str(path)
+    try:
+        data, stamp = read_file(path)
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot read file: {exc.strerror}", file=name, key_path="", line=None
+        ) from None
+    document, root = parse_yaml_bytes(data, name)
     policy = parse_policy(document, root, base=path.resolve().parent, fingerprint="")
-    digest = hashlib.sha256(path.read_bytes())
-    for key_file in policy.key_files:
-        digest.update(Path(key_file).read_bytes())
-    return dataclasses.replace(policy, fingerprint=digest.hexdigest()[:16])
+    digest = hashlib.sha256(data)
+    for key_digest in policy.key_file_digests:
+        digest.update(bytes.fromhex(key_digest))
+    return dataclasses.replace(
+        policy,
+        fingerprint=digest.hexdigest()[:16],
+        file_stamps=((name, stamp), *policy.key_file_stamps),
+    )
 
 
 def load_policy_text(text: str, name: str, base: Path) -> Policy:

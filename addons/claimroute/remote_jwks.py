@@ -8,8 +8,11 @@ unknown kid triggers at most one refetch per `min_refetch_interval`, shared by e
 (single flight), so a flood of random kids costs at most one fetch per interval.
 
 Fetch rules (conformance §4, K1-K6): a total timeout per HTTP request, a 512 KiB body cap read
-incrementally, status 200 only, strict JSON, no `oct` keys, unusable keys skipped, and an empty
-result counts as a failure. Redirects: at most two, and only within the same origin (scheme,
+incrementally, status 200 only, strict JSON, at most `MAX_KEYS` JWKs, no `oct` keys, unusable
+keys skipped (one bad key never costs the others), and an empty result counts as a failure.
+Parsing the body and importing the keys run in a worker thread (`asyncio.to_thread`), so a
+large set (or a refetch any client can trigger with an unknown kid) never stalls the event loop
+that serves requests. Redirects: at most two, and only within the same origin (scheme,
 host, port); a redirect elsewhere is a failed fetch, because the key URL must come from the
 configuration and nowhere else.
 """
@@ -28,6 +31,7 @@ import aiohttp
 from authlib.oidc.discovery import OpenIDProviderMetadata
 from yarl import URL
 
+from .errors import log_safe
 from .jsonstrict import StrictJSONError, loads_strict
 from .keys import KeyMaterialError, KeySet, key_set_from_jwks
 from .policy import RemoteJwks
@@ -35,6 +39,10 @@ from .policy import RemoteJwks
 log = logging.getLogger("claimroute.jwks")
 
 MAX_BODY_BYTES = 512 * 1024
+# Most JWKs a remote set may list. Real providers publish a handful (current, next, previous,
+# per-algorithm keys); a set over this is refused as a whole, like other malformed sets, and
+# the last good keys stay in use.
+MAX_KEYS = 100
 MAX_REDIRECTS = 2
 REFRESH_FRACTION = 0.8  # refresh before the cache lifetime ends, so keys never lapse
 FIRST_FETCH_WAIT = 3.0  # longest a request waits for keys that are not there yet
@@ -69,12 +77,14 @@ class RemoteKeySource:
         clock: Callable[[], float] = time.monotonic,
         min_refetch_interval: float = DEFAULT_MIN_REFETCH_INTERVAL,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_keys: int = MAX_KEYS,
     ) -> None:
         self.config = config
         self.name = name
         self._clock = clock
         self._min_refetch_interval = min_refetch_interval
         self._max_body_bytes = max_body_bytes
+        self._max_keys = max_keys
         # Never wait longer than one fetch may take, nor longer than FIRST_FETCH_WAIT.
         self._request_wait = min(config.timeout, FIRST_FETCH_WAIT)
         self._backoff_cap = min(BACKOFF_CAP, config.cache_duration)
@@ -239,7 +249,7 @@ class RemoteKeySource:
             self._last_refetch = now
         self.refetches += 1
         reason = "no keys yet" if self._keys is None else f"unknown kid {kid!r}"
-        log.info("%s: refetching %s (%s)", self.name, self.source_url, reason)
+        log.info("%s: refetching %s (%s)", self.name, log_safe(self.source_url), log_safe(reason))
         return self._fetch_task(rediscover=False)
 
     async def _fetch(self, *, rediscover: bool) -> bool:
@@ -256,9 +266,14 @@ class RemoteKeySource:
         self.last_success = time.time()
         self._consecutive_failures = 0
         if previous is None or previous.kids != key_set.kids:
-            log.info("%s: loaded keys %s from %s", self.name, key_set.kids, self._jwks_url)
+            log.info(
+                "%s: loaded keys %s from %s",
+                self.name,
+                log_safe(key_set.kids),
+                log_safe(self._jwks_url),
+            )
         else:
-            log.debug("%s: refreshed keys from %s", self.name, self._jwks_url)
+            log.debug("%s: refreshed keys from %s", self.name, log_safe(self._jwks_url))
         return True
 
     def _record_failure(self, exc: Exception) -> None:
@@ -271,8 +286,8 @@ class RemoteKeySource:
         log.warning(
             "%s: JWKS fetch from %s failed (%s); %s",
             self.name,
-            self.source_url,
-            self.last_error,
+            log_safe(self.source_url),
+            log_safe(self.last_error),
             kept,
         )
 
@@ -282,7 +297,13 @@ class RemoteKeySource:
             url = self._jwks_url = await self._discover()
         if url is None:  # cannot happen: a url config has one and discovery just set it
             raise FetchError("no JWKS URL")
-        document = await self._get_json(url)
+        body = await self._get_capped_body(url)
+        # Parse and import off the event loop: requests keep being served meanwhile.
+        return await asyncio.to_thread(self._key_set_from_body, body, url)
+
+    def _key_set_from_body(self, body: bytes, url: str) -> KeySet:
+        """Parse a JWKS body and import its keys (runs in a worker thread; no shared state)."""
+        document = _parse_json(body, url)
         if not isinstance(document, dict):
             raise FetchError("the JWKS is not a JSON object")
         return key_set_from_jwks(
@@ -291,6 +312,7 @@ class RemoteKeySource:
             allow_oct=False,
             allowed_algorithms=self.config.allowed_algorithms,
             strict=False,
+            max_keys=self._max_keys,
         )
 
     # -- OIDC discovery -----------------------------------------------------------------------
@@ -341,13 +363,15 @@ class RemoteKeySource:
         return self._session
 
     async def _get_json(self, url: str) -> Any:
-        """GET `url` (same-origin redirects only), cap the body, parse it strictly."""
+        """GET `url` (same-origin redirects only), cap the body, parse it strictly (in a
+        worker thread: a body of up to the cap is parsed off the event loop)."""
+        body = await self._get_capped_body(url)
+        return await asyncio.to_thread(_parse_json, body, url)
+
+    async def _get_capped_body(self, url: str) -> bytes:
+        """GET `url` within the total timeout; the body, at most `max_body_bytes`."""
         async with asyncio.timeout(self.config.timeout):
-            body = await self._get_body(URL(url))
-        try:
-            return loads_strict(body)
-        except StrictJSONError as exc:
-            raise FetchError(f"{url}: not valid JSON ({exc})") from None
+            return await self._get_body(URL(url))
 
     async def _get_body(self, url: URL) -> bytes:
         session = self._get_session()
@@ -380,6 +404,13 @@ class RemoteKeySource:
                 raise FetchError(f"{url}: body exceeds {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _parse_json(body: bytes, url: str) -> Any:
+    try:
+        return loads_strict(body)
+    except StrictJSONError as exc:
+        raise FetchError(f"{url}: not valid JSON ({exc})") from None
 
 
 def _describe(exc: Exception) -> str:

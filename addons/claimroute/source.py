@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer as RoundTripComposer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import (
     AliasEvent,
@@ -23,6 +25,8 @@ from ruamel.yaml.events import (
     CollectionStartEvent,
     NodeEvent,
 )
+from ruamel.yaml.parser import RoundTripParser
+from ruamel.yaml.scanner import Scanner
 
 from .errors import PolicyError
 
@@ -115,54 +119,108 @@ def _plain(node: Any, path: PathKey, lines: dict[PathKey, int]) -> Any:
     raise ValueError(f"unsupported YAML value {node!r}")
 
 
-def _check_shape(text: str, file: str) -> None:
+class _ShapeCheck:
     """Refuse documents that are too deep, or too big once aliases are expanded.
 
-    Works on the event stream, so nothing is built yet; every anchor remembers the size and
+    Fed the event stream as the composer consumes it, so a collection is checked before the
+    composer descends into it and nothing is expanded yet; every anchor remembers the size and
     height of what it names, and an alias adds exactly those, as `_plain` would expand it.
     """
-    nodes = 0
-    # One frame per open collection: [anchor, nodes before it, its level, deepest level inside]
-    frames: list[list[Any]] = []
-    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (values, levels) it stands for
 
-    def reached(level: int, event: Any) -> None:
+    __slots__ = ("file", "frames", "nodes", "sizes")
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.nodes = 0
+        # One frame per open collection: [anchor, nodes before it, its level, deepest inside]
+        self.frames: list[list[Any]] = []
+        self.sizes: dict[str, tuple[int, int]] = {}  # anchor -> (values, levels) it stands for
+
+    def _reached(self, level: int, event: Any) -> None:
         if level > MAX_DEPTH:
-            raise _event_error(event, f"nested deeper than {MAX_DEPTH} levels", file)
+            raise _event_error(event, f"nested deeper than {MAX_DEPTH} levels", self.file)
+        frames = self.frames
         if frames and level > frames[-1][3]:
             frames[-1][3] = level
 
-    for event in YAML(typ="rt", pure=True).parse(text):
+    def see(self, event: Any) -> None:
+        frames = self.frames
         if isinstance(event, AliasEvent):
-            if event.anchor not in sizes:
+            if event.anchor not in self.sizes:
                 raise _event_error(
-                    event, f"alias *{event.anchor} is used inside the node it names", file
+                    event, f"alias *{event.anchor} is used inside the node it names", self.file
                 )
-            size, height = sizes[event.anchor]
-            nodes += size
-            reached(len(frames) + height, event)
+            size, height = self.sizes[event.anchor]
+            self.nodes += size
+            self._reached(len(frames) + height, event)
         elif isinstance(event, CollectionStartEvent):
-            nodes += 1
+            self.nodes += 1
             level = len(frames) + 1
-            reached(level, event)
-            frames.append([event.anchor, nodes - 1, level, level])
+            self._reached(level, event)
+            frames.append([event.anchor, self.nodes - 1, level, level])
         elif isinstance(event, CollectionEndEvent):
             anchor, before, level, deepest = frames.pop()
             if anchor is not None:
-                sizes[anchor] = (nodes - before, deepest - level + 1)
+                self.sizes[anchor] = (self.nodes - before, deepest - level + 1)
             if frames and deepest > frames[-1][3]:
                 frames[-1][3] = deepest
         elif isinstance(event, NodeEvent):  # a scalar
-            nodes += 1
+            self.nodes += 1
             if event.anchor is not None:
-                sizes[event.anchor] = (1, 0)
-        if nodes > MAX_NODES:
+                self.sizes[event.anchor] = (1, 0)
+        if self.nodes > MAX_NODES:
             raise _event_error(
                 event,
                 f"more than {MAX_NODES} values (an alias counts as every value it repeats); "
                 "a policy this large is a mistake or an alias bomb",
-                file,
+                self.file,
             )
+
+
+class _CheckedParser(RoundTripParser):
+    """The round-trip parser with the shape check on every event the composer takes.
+
+    The document is scanned once: the check runs as the composer consumes events, before it
+    descends into a collection, so its bounds still hold before anything deep or big is built.
+    The hot properties of ruamel's pure parser are looked up once instead of per token.
+    """
+
+    shape: _ShapeCheck | None = None
+
+    @functools.cached_property
+    def scanner(self) -> Any:  # type: ignore[override]
+        return self.loader.scanner
+
+    def get_event(self) -> Any:
+        event = super().get_event()
+        if self.shape is not None:
+            self.shape.see(event)
+        return event
+
+
+class _Composer(RoundTripComposer):  # type: ignore[misc]
+    @functools.cached_property
+    def parser(self) -> Any:  # type: ignore[override]
+        return self.loader.parser
+
+    @functools.cached_property
+    def resolver(self) -> Any:  # type: ignore[override]
+        return self.loader.resolver
+
+
+def _loader(file: str) -> YAML:
+    """A YAML loader that keeps positions (round-trip constructor, which also rejects duplicate
+    keys) and checks the document's shape on the fly.
+
+    It uses the plain scanner: the round-trip scanner also gathers comments, which nothing here
+    reads and which cost more than half of the scan.
+    """
+    yaml = YAML(typ="rt", pure=True)
+    yaml.Scanner = Scanner
+    yaml.Parser = _CheckedParser
+    yaml.Composer = _Composer
+    yaml.parser.shape = _ShapeCheck(file)
+    return yaml
 
 
 def _event_error(event: Any, message: str, file: str) -> PolicyError:
@@ -177,10 +235,8 @@ def parse_yaml_text(text: str, file: str) -> tuple[Any, Loc]:
         raise PolicyError(
             f"file is larger than {MAX_FILE_BYTES} bytes", file=file, key_path="", line=None
         )
-    yaml = YAML(typ="rt", pure=True)
     try:
-        _check_shape(text, file)
-        raw = yaml.load(text)
+        raw = _loader(file).load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -196,6 +252,39 @@ def parse_yaml_text(text: str, file: str) -> tuple[Any, Loc]:
     return value, Loc(file, (), lines)
 
 
+# What a reload compares: (mtime, size, inode, ctime) of a file, or None when it cannot be read.
+# The inode catches an atomic replacement (rename) that keeps mtime and size.
+Stamp = tuple[int, int, int, int] | None
+
+
+def file_stamp(path: str | Path) -> Stamp:
+    """The file's stamp now (see `Stamp`)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns)
+
+
+def read_file(path: str | Path) -> tuple[bytes, Stamp]:
+    """The file's bytes and its stamp taken just before reading them.
+
+    A change that lands during or after the read gives the file another stamp, so a watcher
+    that records this one sees the change at its next look. Raises OSError.
+    """
+    stamp = file_stamp(path)
+    return Path(path).read_bytes(), stamp
+
+
+def parse_yaml_bytes(data: bytes, file: str) -> tuple[Any, Loc]:
+    """Decode (UTF-8) and parse a file's bytes; errors name `file`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError("file is not UTF-8", file=file, key_path="", line=None) from None
+    return parse_yaml_text(text, file)
+
+
 def load_yaml_file(path: str | Path) -> tuple[Any, Loc]:
     """Read and parse a YAML file; a missing or unreadable file is a PolicyError too."""
     name = str(path)
@@ -205,8 +294,4 @@ def load_yaml_file(path: str | Path) -> tuple[Any, Loc]:
         raise PolicyError(
             f"cannot read file: {exc.strerror}", file=name, key_path="", line=None
         ) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PolicyError("file is not UTF-8", file=name, key_path="", line=None) from None
-    return parse_yaml_text(text, name)
+    return parse_yaml_bytes(data, name)

@@ -160,13 +160,21 @@ rbac:
     assert not deny.evaluate(view("x", "public, admin.internal"), None, None).allowed
     assert not deny.evaluate(view("admin.internal", "public"), None, None).allowed
     assert deny.evaluate(view("public", "public"), None, None).allowed
+    # Numeric spellings of one address are one name, in rules and in requests.
+    numeric = rbac_from(text.replace("admin.internal.", "127.0.0.1"))
+    for spelling in ("127.1", "2130706433", "0x7f000001", "0177.0.0.1", "[::ffff:127.0.0.1]"):
+        assert not numeric.evaluate(view("public", spelling), None, None).allowed, spelling
+        assert not numeric.evaluate(view(spelling, "public"), None, None).allowed, spelling
+    assert numeric.evaluate(view("public", "127.0.0.2"), None, None).allowed
 
     allow = rbac_from(text.replace("default_action: allow", "default_action: deny")
                       .replace("no-admin, action: deny", "only-pets, action: allow")
                       .replace("admin.internal.", "pets.internal"))  # fmt: skip
-    assert allow.evaluate(view("10.0.0.1", "pets.internal."), None, None).allowed
+    assert allow.evaluate(view("pets.internal", "pets.internal."), None, None).allowed
     assert allow.evaluate(view("pets.internal"), None, None).allowed  # no Host: the target
-    # An allow rule covers a request only when every Host name is one of its hosts.
+    # An allow rule covers a request only when every name is one of its hosts: a target the
+    # client chose (regular mode) that differs from Host is one of them.
+    assert not allow.evaluate(view("10.0.0.1", "pets.internal."), None, None).allowed
     assert not allow.evaluate(view("x", "pets.internal", "admin.internal"), None, None).allowed
     assert not allow.evaluate(view("x", "pets.internal, admin"), None, None).allowed
 
@@ -238,3 +246,18 @@ def test_load_errors_name_key_path_and_line(text, key_path, line):
     assert info.value.key_path == key_path
     assert info.value.line == line
     assert str(info.value).startswith(f"policy.yaml:{line}: {key_path}: ")
+
+
+def test_a_method_rule_on_get_covers_head():
+    """HEAD is a GET without the body and most frameworks answer it with the GET handler: a
+    deny on GET must not be dodged with HEAD (and an allow on GET admits HEAD)."""
+    text = """
+rbac:
+  default_action: allow
+  policies:
+    - {name: no-get, action: deny, permissions: {methods: [get], paths: [{exact: /secret}]}}
+"""
+    rbac = rbac_from(text)
+    assert not rbac.evaluate(req(method="HEAD", path="/secret"), None, None).allowed
+    assert not rbac.evaluate(req(method="GET", path="/secret"), None, None).allowed
+    assert rbac.evaluate(req(method="POST", path="/secret"), None, None).allowed

@@ -13,35 +13,41 @@ import contextlib
 import gc
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import errors as E
-from .errors import PolicyError, Rejection
+from .errors import PolicyError, Rejection, log_safe
 from .flowedit import HeaderSnapshot, apply_decision, strip_headers, strip_key
+from .hygiene import (
+    body_length_unknown,
+    frame_body,
+    host_names,
+    mark_streamable_body,
+    request_problem,
+    trailers_problem,
+)
 from .keyring import build_key_sources, retired_sources
 from .keysource import KeySource
 from .pipeline import Decision, decide
 from .policy import Policy, load_policy
+from .reload import PolicyReloader
 from .request import RequestView
 from .responses import response_parts
 from .tokencache import DEFAULT_CACHE_SIZE, TokenCache
 
 log = logging.getLogger("claimroute")
 
-POLICY_POLL_SECONDS = 1.0
-# While a policy file is parsed in a worker thread, the loop may wait this long for the GIL at a
-# time (Python's default switch interval is 5 ms).
-RELOAD_SWITCH_INTERVAL = 0.0005
 DRY_RUN_HEADER = "x-claimroute-rbac"
 METADATA_KEY = "claimroute"
 _KEY_FAILURES = frozenset({E.JWKS_FETCH_FAILED, E.JWT_KID_NOT_FOUND})
 DEFAULT_REQUEST_ID_HEADER = "x-request-id"  # Envoy's and Gloo's request id
 MAX_REQUEST_ID_CHARS = 200  # a client chooses it: the log line stays bounded
+MAX_LOG_URL_CHARS = 1000  # the decision log's url (scheme, host, path; never the query)
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
@@ -50,8 +56,18 @@ def _header_form(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def request_view(request: http.Request) -> RequestView:
-    """The stage-facing view of a mitmproxy request."""
+def request_view(
+    request: http.Request,
+    *,
+    reads_query: bool = True,
+    reads_cookies: bool = True,
+    client_chose_target: bool = True,
+) -> RequestView:
+    """The stage-facing view of a mitmproxy request.
+
+    The query and the cookies are parsed only when the policy reads them (a token location):
+    a client can send megabytes of either, which would otherwise be parsed on every request.
+    """
     path = request.path
     host = request.host
     headers = HeaderSnapshot(request.headers.fields)
@@ -61,23 +77,16 @@ def request_view(request: http.Request) -> RequestView:
         request.pretty_host if host == "" else host,  # host
         request.port,
         path.split("?", 1)[0],  # path
-        tuple(request.query.items(multi=True)) if "?" in path else (),  # query
+        tuple(request.query.items(multi=True)) if reads_query and "?" in path else (),
         headers,
-        tuple(request.cookies.items(multi=True)) if "cookie" in headers else (),  # cookies
+        tuple(request.cookies.items(multi=True)) if reads_cookies and "cookie" in headers else (),
+        host_names(request, client_chose_target=client_chose_target),
     )
 
 
-def _stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
-    """(mtime, size) of each file, None for a file that cannot be read: a change means reload."""
-    out: list[tuple[int, int] | None] = []
-    for path in paths:
-        try:
-            stat = path.stat()
-        except OSError:
-            out.append(None)
-        else:
-            out.append((stat.st_mtime_ns, stat.st_size))
-    return tuple(out)
+def _client_chose_target(flow: http.HTTPFlow) -> bool:
+    """Whether the client chose where mitmproxy connects (every mode but reverse)."""
+    return not isinstance(flow.client_conn.proxy_mode, ReverseMode)
 
 
 def _last_resort(flow: http.HTTPFlow) -> None:
@@ -124,11 +133,11 @@ class ClaimRoute:
         self.policy: Policy | None = None
         self.key_sources: dict[str, KeySource] = {}
         self._policy_path: Path | None = None
-        self._watched: tuple[Path, ...] = ()  # the policy file and its local key files
-        self._watched_stamp: tuple[tuple[int, int] | None, ...] = ()
+        self._reloader: PolicyReloader | None = None  # watches the policy and its key files
         self._watcher: asyncio.Task[None] | None = None
         self._log_file: IO[str] | None = None
         self._debug_headers = False
+        self._may_stream = False  # whether mitmproxy may stream request bodies
         self._request_id_header: str | None = DEFAULT_REQUEST_ID_HEADER
         self.cache: TokenCache | None = TokenCache(DEFAULT_CACHE_SIZE)
         # The policy's identity headers as lower-case bytes, computed once per policy.
@@ -157,6 +166,13 @@ class ClaimRoute:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
+        if "validate_inbound_headers" in updated and not ctx.options.validate_inbound_headers:
+            # mitmproxy's framing checks (Content-Length with Transfer-Encoding, ...) are what
+            # keeps a second request from hiding in a body: without them nothing is decided.
+            raise exceptions.OptionsError(
+                "claimroute: validate_inbound_headers=false lets requests with ambiguous "
+                "framing through (request smuggling); keep it on"
+            )
         for passthrough in ("ignore_hosts", "allow_hosts"):
             if passthrough in updated and getattr(ctx.options, passthrough):
                 # Connections mitmproxy does not intercept never reach any hook: unverified.
@@ -164,6 +180,8 @@ class ClaimRoute:
                     f"claimroute: {passthrough} makes mitmproxy pass connections through "
                     "without interception, so no token would be checked on them; remove it"
                 )
+        if "stream_large_bodies" in updated:
+            self._may_stream = bool(ctx.options.stream_large_bodies)
         if "claimroute_debug_headers" in updated:
             self._debug_headers = ctx.options.claimroute_debug_headers
         if "claimroute_request_id_header" in updated:
@@ -223,15 +241,19 @@ class ClaimRoute:
         try:
             await self._handle(flow)
         except Exception:
-            log.exception("claimroute: internal error; refusing the request")
-            flow.metadata[METADATA_KEY] = {"outcome": "denied", "reason": E.INTERNAL_ERROR,
-                                           "status": 500}  # fmt: skip
-            try:
-                self._refuse(flow, Rejection(500, E.INTERNAL_ERROR, None, challenge=False))
-            except Exception:
-                # Even building the refusal failed: a constant answer, or no answer at all.
-                log.exception("claimroute: could not build the refusal; closing the request")
-                _last_resort(flow)
+            self._refuse_internal_error(flow)
+
+    def _refuse_internal_error(self, flow: http.HTTPFlow) -> None:
+        """A bug on the request path: refuse with 500 (mitmproxy would forward the request)."""
+        log.exception("claimroute: internal error; refusing the request")
+        flow.metadata[METADATA_KEY] = {"outcome": "denied", "reason": E.INTERNAL_ERROR,
+                                       "status": 500}  # fmt: skip
+        try:
+            self._refuse(flow, Rejection(500, E.INTERNAL_ERROR, None, challenge=False))
+        except Exception:
+            # Even building the refusal failed: a constant answer, or no answer at all.
+            log.exception("claimroute: could not build the refusal; closing the request")
+            _last_resort(flow)
 
     async def _handle(self, flow: http.HTTPFlow) -> None:
         request = flow.request
@@ -242,13 +264,28 @@ class ClaimRoute:
         # Client copies of identity headers are stripped first, whatever happens next.
         if self._strip_keys:
             strip_headers(request, self._strip_keys)
-        view = request_view(request)
+        locations = policy.token_locations
+        problem = request_problem(request, locations.cookies, bool(locations.query_params))
+        if problem is not None:
+            # A request the upstream could read otherwise than the proxy: no decision on it.
+            self._record(flow, Decision("denied", problem.reason, problem), policy)
+            realm = request_view(request, reads_query=False, reads_cookies=False).realm
+            self._refuse(flow, problem, realm)
+            return
+        view = request_view(
+            request,
+            reads_query=bool(locations.query_params),
+            reads_cookies=bool(locations.cookies),
+            client_chose_target=_client_chose_target(flow),
+        )
         decision = await decide(view, policy, self.key_sources, time.time(), self.cache)
         self._record(flow, decision, policy)
         if decision.rejection is not None:
             self._refuse(flow, decision.rejection, view.realm)
             return
         apply_decision(request, decision)
+        if self._may_stream:
+            mark_streamable_body(request)
         if self._debug_headers and decision.rbac is not None and decision.rbac.dry_run:
             flow.metadata["claimroute_dry_run_header"] = decision.rbac.summary()
 
@@ -261,7 +298,7 @@ class ClaimRoute:
 
     def tcp_start(self, flow: Any) -> None:
         log.warning("claimroute: refusing raw TCP to %s: only verified HTTP passes",
-                    flow.server_conn.address)  # fmt: skip
+                    log_safe(flow.server_conn.address))  # fmt: skip
         if flow.server_conn.timestamp_start is None:
             flow.server_conn.error = "claimroute: raw TCP is not forwarded"
         flow.metadata[METADATA_KEY] = {"outcome": "denied", "reason": "not HTTP"}
@@ -280,10 +317,29 @@ class ClaimRoute:
         if summary and flow.response is not None:
             flow.response.headers[DRY_RUN_HEADER] = summary
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The body has arrived (or, streamed, has been sent): refuse trailers and give an
+        HTTP/2 or HTTP/3 body its length before it leaves (`hygiene.frame_body`)."""
+        if flow.response is not None or flow.error is not None:
+            return
+        try:
+            request = flow.request
+            problem = trailers_problem(request)
+            if problem is not None:
+                if self.policy is not None:
+                    self._record(flow, Decision("denied", problem.reason, problem), self.policy)
+                self._refuse(flow, problem)
+            elif not request.stream:
+                frame_body(request)
+        except Exception:
+            self._refuse_internal_error(flow)
+
     def _refuse(self, flow: http.HTTPFlow, rejection: Rejection, realm: str = "") -> None:
-        if flow.request.stream:
+        if flow.request.stream or (self._may_stream and body_length_unknown(flow.request)):
             # A streamed request cannot get a response from here; killing it is the only way
-            # to make sure the upstream sees nothing (mitmproxy-addon-notes §4.3).
+            # to make sure the upstream sees nothing. And a body of unknown length may still
+            # make mitmproxy start streaming after an answer is set, which it cannot do with
+            # one (the client would wait forever): such a request is closed too.
             if flow.killable:
                 flow.kill()
             return
@@ -303,8 +359,11 @@ class ClaimRoute:
         flow.metadata[METADATA_KEY] = record
         flow.comment = _comment(decision)
         if self._log_file is not None:
+            url = flow.request.pretty_url.split("?", 1)[0]
+            if len(url) > MAX_LOG_URL_CHARS:  # the client chooses the path: bounded
+                url = url[:MAX_LOG_URL_CHARS] + "..."
             line = {"ts": round(time.time(), 3), "id": flow.id, "method": flow.request.method,
-                    "url": flow.request.pretty_url.split("?", 1)[0], **record}  # fmt: skip
+                    "url": url, **record}  # fmt: skip
             request_id = self._request_id(flow.request, policy)
             if request_id is not None:
                 line["request_id"] = request_id
@@ -358,10 +417,12 @@ class ClaimRoute:
                 ) from None
 
     def _watch_files(self) -> None:
-        """Remember the files the current policy came from, and their state now."""
+        """Watch the files the current policy came from (stamped before they were read)."""
         assert self._policy_path is not None and self.policy is not None
-        self._watched = (self._policy_path, *map(Path, self.policy.key_files))
-        self._watched_stamp = _stamps(self._watched)
+        if self._reloader is None:
+            self._reloader = PolicyReloader(self._policy_path, self.policy)
+        else:
+            self._reloader.watch(self._policy_path, self.policy)
 
     def _start_background(self) -> None:
         try:
@@ -376,35 +437,15 @@ class ClaimRoute:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_policy())
 
     async def _watch_policy(self) -> None:
-        """Poll the policy and key files; a valid change takes effect, an invalid one is logged
-        and the last good policy stays."""
-        while True:
-            await asyncio.sleep(POLICY_POLL_SECONDS)
-            path = self._policy_path
-            if path is None:
-                continue
-            stamp = _stamps(self._watched)
-            if stamp == self._watched_stamp:
-                continue
-            self._watched_stamp = stamp
-            switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(switch_interval, RELOAD_SWITCH_INTERVAL))
-            try:
-                policy = await asyncio.to_thread(load_policy, path)
-            except PolicyError as exc:
-                log.error("claimroute: policy change rejected, keeping the last good one: %s", exc)
-                continue
-            except Exception:
-                log.exception("claimroute: policy reload failed, keeping the last good one")
-                continue
-            finally:
-                sys.setswitchinterval(switch_interval)
-            if self.policy is not None and policy.fingerprint == self.policy.fingerprint:
-                continue
+        """Install each valid policy change (`reload.PolicyReloader`: settle, read once, load in
+        a thread); an invalid one is logged there and the last good policy stays."""
+        reloader = self._reloader
+        if reloader is None:
+            return
+        async for policy in reloader.changes():
             self._install(policy)
-            self._watch_files()
             self._start_background()
-            log.info("claimroute: policy reloaded from %s", path)
+            log.info("claimroute: policy reloaded from %s", log_safe(reloader.path))
 
     # -- commands ---------------------------------------------------------------------------
 

@@ -24,7 +24,9 @@ def extract_tokens(request: RequestView, locations: TokenSource) -> list[FoundTo
     A header whose value does not start with the location's prefix (e.g. `Basic ...` when the
     prefix is `Bearer `) is not a token. The prefix compares case-insensitively because the
     auth scheme is case-insensitive (RFC 9110 §11.1); exactly the prefix is removed, nothing
-    else, so stray whitespace makes the token malformed rather than silently trimmed.
+    else, so stray whitespace makes the token malformed rather than silently trimmed. A prefix
+    ending in a space also takes the scheme followed by other whitespace (`Bearer<TAB>...`),
+    as a malformed token.
     """
     found: list[FoundToken] = []
     # One header value is one credential, even when providers list the same header with
@@ -36,6 +38,12 @@ def extract_tokens(request: RequestView, locations: TokenSource) -> list[FoundTo
                 if value[:length].lower() == lowered:
                     found.append(FoundToken(value[length:], "header", name, prefix))
                     break
+                if _other_separator(value, length, lowered):
+                    # `Bearer<TAB>t`: the scheme with another separator is still this
+                    # credential, kept malformed (the token starts with the separator) so that
+                    # it is refused, or removed when ignored, and never forwarded unverified.
+                    found.append(FoundToken(value[length - 1 :], "header", name, prefix[:-1]))
+                    break
     if locations.query_params and request.query:
         wanted = locations.query_params
         found.extend(FoundToken(v, "query", k) for k, v in request.query if k in wanted)
@@ -43,6 +51,17 @@ def extract_tokens(request: RequestView, locations: TokenSource) -> list[FoundTo
         wanted = locations.cookies
         found.extend(FoundToken(v, "cookie", k) for k, v in request.cookies if k in wanted)
     return found
+
+
+def _other_separator(value: str, length: int, lowered: str) -> bool:
+    """Whether `value` is a prefix that ends in a space (an auth scheme and its separator)
+    written with other whitespace in place of that space."""
+    return (
+        lowered.endswith(" ")
+        and len(value) >= length
+        and value[length - 1].isspace()
+        and value[: length - 1].lower() == lowered[:-1]
+    )
 
 
 def location_allowed(found: FoundToken, source: TokenSource) -> bool:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import schema
-from .matchers import HeadersMatcher, compile_headers
+from .hostnames import canonical_host
+from .matchers import HeadersMatcher, PolicyRegex, compile_headers, compile_regex
 from .source import Loc
 
 if TYPE_CHECKING:
@@ -55,20 +56,20 @@ def normalize_path(path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PathSet:
-    """A list of path rules (`{exact: /p}`, `{prefix: /p}`, `{regex: r}` full match; OR),
+    """A list of path rules (`{exact: /p}`, `{prefix: /p}`, `{regex: r}` RE2 full match; OR),
     grouped by kind at load so that a request path is tested with a set lookup, one
     `startswith` over every prefix, and the regexes in turn."""
 
     exact: frozenset[str]
     prefixes: tuple[str, ...]
-    patterns: tuple[re.Pattern[str], ...]
+    patterns: tuple[PolicyRegex, ...]
 
     def matches(self, path: str) -> bool:
         """Whether any of the rules matches the (normalised) path."""
         if path in self.exact or path.startswith(self.prefixes):
             return True
         for pattern in self.patterns:  # noqa: SIM110 (a loop: no generator on the request path)
-            if pattern.fullmatch(path) is not None:
+            if pattern.fullmatch(path):
                 return True
         return False
 
@@ -77,7 +78,7 @@ def parse_path_rules(value: Any, loc: Loc) -> PathSet:
     """A non-empty list of path rules (OR)."""
     exact: set[str] = set()
     prefixes: list[str] = []
-    patterns: list[re.Pattern[str]] = []
+    patterns: list[PolicyRegex] = []
     for index, item in enumerate(schema.sequence(value, loc, non_empty=True)):
         item_loc = loc / index
         if isinstance(item, str):
@@ -88,10 +89,7 @@ def parse_path_rules(value: Any, loc: Loc) -> PathSet:
         kind, raw = next(iter(spec.items()))
         text = schema.string(raw, item_loc / kind)
         if kind == "regex":
-            try:
-                patterns.append(re.compile(text))
-            except re.error as exc:
-                raise (item_loc / kind).error(f"invalid regular expression: {exc}") from None
+            patterns.append(compile_regex(text, item_loc / kind))
             continue
         if not text.startswith("/"):
             raise (item_loc / kind).error("a path starts with /")
@@ -126,7 +124,7 @@ class RequestConditions:
         if self.paths is not None and not self.paths.matches(request.rule_path):
             return False
         if self.hosts is not None and not hosts_match(
-            self.hosts, request.headers.get_all("host"), request.host, any_name=deny
+            self.hosts, request.host_names, any_name=deny
         ):
             return False
         return self.headers is None or self.headers.matches(request.header)
@@ -146,38 +144,30 @@ def parse_request_conditions(spec: Mapping[str, Any], loc: Loc) -> RequestCondit
 
 
 def parse_methods(value: Any, loc: Loc) -> frozenset[str]:
-    """HTTP methods, compared upper-case."""
-    return frozenset(m.upper() for m in schema.string_list(value, loc, non_empty=True))
+    """HTTP methods, compared upper-case. `GET` also covers `HEAD`: a HEAD request is a GET
+    without the body (RFC 9110 §9.3.2), and most frameworks answer it with the GET handler,
+    so a deny on GET that let HEAD through would be dodged."""
+    methods = {m.upper() for m in schema.string_list(value, loc, non_empty=True)}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return frozenset(methods)
 
 
 def parse_hosts(value: Any, loc: Loc) -> frozenset[str]:
-    """Host names (compared as `host_name` gives them: case-insensitive, no port, no final dot)."""
-    return frozenset(host_name(h) for h in schema.string_list(value, loc, non_empty=True))
+    """Host names, compared in `canonical_host` form (case-insensitive, no port, no final dot,
+    numeric addresses in one spelling)."""
+    return frozenset(canonical_host(h) for h in schema.string_list(value, loc, non_empty=True))
 
 
-def host_name(value: str) -> str:
-    """A host as rules compare it: without port, lower-case, without a final dot (the FQDN
-    `admin.example.` is `admin.example`)."""
-    name = value.strip()
-    if name.startswith("["):
-        name = name.split("]", 1)[0] + "]"
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
-    return name.lower().rstrip(".")
+def hosts_match(hosts: frozenset[str], names: tuple[str, ...], *, any_name: bool) -> bool:
+    """Whether a request addressed to `names` (canonical, see `RequestView.host_names`) is
+    addressed to `hosts`.
 
-
-def hosts_match(
-    hosts: frozenset[str], host_values: list[str], target_host: str, *, any_name: bool
-) -> bool:
-    """Whether a request is addressed to `hosts`.
-
-    A request names its host in the Host header (several values, or a comma-separated one, are
-    counted one by one) and, in regular proxy mode, in its target, which the client chooses
-    too. When they disagree the answer must fail closed both ways: with `any_name` (deny rules)
-    one matching name suffices, the target included; otherwise (allow rules) every Host name
-    must match (the target when there is no Host header).
+    The names a request carries can disagree (Host, an absolute-form or `:authority`
+    authority, the target the client chose in regular proxy mode), so the answer fails closed
+    both ways: with `any_name` (deny rules) one matching name suffices; otherwise (allow rules)
+    every name must match.
     """
-    names = [host_name(part) for value in host_values for part in value.split(",")]
     if any_name:
-        return host_name(target_host) in hosts or any(name in hosts for name in names)
-    return all(name in hosts for name in names or [host_name(target_host)])
+        return any(name in hosts for name in names)
+    return bool(names) and all(name in hosts for name in names)

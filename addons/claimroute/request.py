@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .hostnames import canonical_host
 from .pathmatch import normalize_path
 
 
@@ -26,7 +27,19 @@ class RequestView:
     query: tuple[tuple[str, str], ...]
     headers: HeaderLookup
     cookies: tuple[tuple[str, str], ...] = ()
+    # Every name the request is addressed to, canonical (`canonical_host`); None: worked out
+    # from the Host values and `host` (the mitmproxy layer passes them, see `host_names`).
+    addressed_to: tuple[str, ...] | None = None
     _rule_path: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """The names host rules read: each Host value and the target, unless given."""
+        if self.addressed_to is None:
+            # A comma-joined value counts name by name (the mitmproxy layer refuses it).
+            names = [part for value in self.headers.get_all("host") for part in value.split(",")]
+            self.addressed_to = (*map(canonical_host, names), canonical_host(self.host))
+        return self.addressed_to
 
     @property
     def rule_path(self) -> str:

@@ -96,6 +96,7 @@ log.warning("fault injection armed: %s", ", ".join(t[0] for t in TARGETS))
 
 # stage -> (module, attribute) where the addon looks the function up at request time.
 TARGETS: dict[str, tuple[str, str]] = {
+    "request_checks": ("claimroute.addon", "request_problem"),
     "request_view": ("claimroute.addon", "request_view"),
     "strip_identity_headers": ("claimroute.addon", "strip_headers"),
     "extract": ("claimroute.pipeline", "extract_tokens"),
@@ -108,6 +109,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "route": ("claimroute.pipeline", "route_for"),
     "decision_log": ("claimroute.addon", "ClaimRoute._record"),
     "apply": ("claimroute.addon", "apply_decision"),
+    "body_framing": ("claimroute.addon", "frame_body"),
     "key_wait": ("claimroute.remote_jwks", "RemoteKeySource.keys_for_kid"),
     "key_refresh": ("claimroute.remote_jwks", "RemoteKeySource._fetch_key_set"),
     "refusal_response": ("claimroute.addon", "response_parts"),
@@ -225,6 +227,7 @@ async def expect_fault_logged(proxy: MitmdumpProcess, stage: str, mark: int) -> 
 @pytest.mark.parametrize(
     "stage",
     [
+        "request_checks",
         "request_view",
         "strip_identity_headers",
         "extract",
@@ -237,6 +240,7 @@ async def expect_fault_logged(proxy: MitmdumpProcess, stage: str, mark: int) -> 
         "route",
         "decision_log",
         "apply",
+        "body_framing",
         "key_wait",
     ],
 )

@@ -3,6 +3,7 @@
 uv run just bench            # full run (about 3 minutes)
 uv run just bench --quick    # a short run to check that everything works
 uv run just bench --only micro --only memory --json /tmp/bench.json
+uv run just bench --only policy   # only the policy load time (1,000 rules), seconds
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import micro, proxy_load, stalls
+from . import large, micro, policyload, proxy_load, stalls
 from .scenario import DEFAULT_USERS, make_setup
 
-SECTIONS = ("proxy", "micro", "memory", "stalls")
+SECTIONS = ("proxy", "micro", "memory", "stalls", "large", "policy")
 DEFAULT_JSON = Path("reports") / "bench-results.json"
 
 # The issue's targets; the benchmark reports against them and never fails on them.
@@ -178,6 +179,15 @@ def _tables(results: dict[str, Any], console: Console) -> None:
                 _fmt(row.get("gc_max_ms"), 2), _fmt(row.get("rps")),
             )  # fmt: skip
         console.print(table)
+    big = results.get("large", {}).get("summary")
+    if big:
+        table = Table(title="Large requests, one at a time (median ms)")
+        for column in ("request", "(a) bare", "(b) claimroute", "b - a"):
+            table.add_column(column, justify="right")
+        for kind, row in big.items():
+            table.add_row(kind, _fmt(row["a_ms"], 2), _fmt(row["b_ms"], 2),
+                          f"{row['added_ms']:+.2f}")  # fmt: skip
+        console.print(table)
     targets = results.get("targets")
     if targets:
         table = Table(title="Targets (reported, not asserted)")
@@ -261,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine_before": _machine(),
     }
     say = lambda message: console.log(message)  # noqa: E731
-    say(f"minting {args.users} user tokens")
-    setup = make_setup(args.users)
+    if "policy" in sections:
+        results["policy_load"] = policyload.run(rules=1000, repeats=3 if quick else 5)
+        say(f"policy load, 1,000 rules: {results['policy_load']['median_ms']} ms (median)")
+    if sections != ["policy"]:  # only the policy load needs no tokens
+        say(f"minting {args.users} user tokens")
+        setup = make_setup(args.users)
     if "micro" in sections:
         say("micro-benchmark of the decision path")
         results["micro"] = micro.run(setup, tokens=min(200 if quick else 500, args.users),
@@ -293,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             loadgen_processes=args.loadgen_processes,
             progress=say,
         )
+    if "large" in sections:
+        results["large"] = large.run(setup, repeats=3 if quick else 7, progress=say)
     results["targets"] = _targets(results)
     results["machine_after"] = _machine()
     results["seconds"] = round(time.monotonic() - started, 1)

@@ -1,8 +1,12 @@
 """YAML loading that keeps line numbers, so every load error can point at its line.
 
-The file is parsed with ruamel.yaml's round-trip loader (which records positions and rejects
-duplicate keys), then converted to plain Python values. Lines live in a side table keyed by the
-path of each node, and `Loc` walks that table as a parser descends into the document.
+Files are parsed by libyaml's C parser (`yamlload`), which builds plain Python values and a side
+table of lines keyed by the path of each node; `Loc` walks that table as a parser descends into
+the document. The reference is ruamel.yaml's round-trip loader (YAML 1.2, positions, duplicate
+keys rejected) followed by `_plain`: the fast path reproduces its values and lines, and hands
+every document it does not cover (syntax errors, tags, merge keys, non-string or duplicate keys,
+...) to it, so those keep ruamel's results and messages. Without libyaml everything goes the
+ruamel way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ruamel.yaml.events import (
 from ruamel.yaml.parser import RoundTripParser
 from ruamel.yaml.scanner import Scanner
 
+from . import yamlload
 from .errors import PolicyError
 
 PathKey = tuple[str | int, ...]
@@ -236,6 +241,15 @@ def parse_yaml_text(text: str, file: str) -> tuple[Any, Loc]:
             f"file is larger than {MAX_FILE_BYTES} bytes", file=file, key_path="", line=None
         )
     try:
+        value, lines = yamlload.load(text, file, max_nodes=MAX_NODES, max_depth=MAX_DEPTH)
+    except yamlload.Unsupported:
+        value, lines = _parse_with_ruamel(text, file)
+    return value, Loc(file, (), lines)
+
+
+def _parse_with_ruamel(text: str, file: str) -> tuple[Any, dict[PathKey, int]]:
+    """The reference path: ruamel's round-trip loader with the shape check, then `_plain`."""
+    try:
         raw = _loader(file).load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -244,12 +258,16 @@ def parse_yaml_text(text: str, file: str) -> tuple[Any, Loc]:
         raise PolicyError(f"invalid YAML: {problem}", file=file, key_path="", line=line) from None
     except (YAMLError, RecursionError) as exc:
         raise PolicyError(f"invalid YAML: {exc}", file=file, key_path="", line=None) from None
+    except PolicyError:  # from the shape check
+        raise
+    except (ValueError, IndexError, TypeError) as exc:  # e.g. a date ruamel cannot build
+        raise PolicyError(f"invalid YAML: {exc}", file=file, key_path="", line=None) from None
     lines: dict[PathKey, int] = {}
     try:
         value = _plain(raw, (), lines)
     except (ValueError, RecursionError) as exc:
         raise PolicyError(str(exc), file=file, key_path="", line=None) from None
-    return value, Loc(file, (), lines)
+    return value, lines
 
 
 # What a reload compares: (mtime, size, inode, ctime) of a file, or None when it cannot be read.

@@ -24,18 +24,26 @@ fmt:
     uv run ruff check --fix addons tests scenarios
     uv run ruff format addons tests scenarios
 
-# Run mitmdump with the addon on POLICY (extra mitmdump arguments may follow).
+# Run the proxy: mitmdump with the addon on POLICY (mitmdump options may follow).
 proxy POLICY *ARGS:
-    uv run mitmdump -s addons/claimroute_addon.py --set claimroute={{POLICY}} {{ARGS}}
+    uv run claimroute proxy {{POLICY}} {{ARGS}}
+
+# Validate a policy and print its summary.
+check POLICY:
+    uv run claimroute check {{POLICY}}
 
 # Run a scenario by name (scenarios/NAME.yaml) or path, and write its report.
 scenario NAME *ARGS:
-    uv run claimroute-scenario {{NAME}} {{ARGS}}
+    uv run claimroute scenario {{NAME}} {{ARGS}}
 
 # The flagship experiment: employees + a sticky 10% canary, end to end, with a report.
 demo:
-    uv run claimroute-scenario employees-and-sticky-canary
+    uv run claimroute scenario employees-and-sticky-canary
 
 # Benchmarks: the addon against bare mitmdump, and the decision path per token.
 bench *ARGS:
     uv run python -m claimroute.bench {{ARGS}}
+
+# Build the wheel, install it alone into a throwaway virtualenv and use it from another folder.
+wheel-check:
+    .ci/wheel-check

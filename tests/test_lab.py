@@ -412,8 +412,9 @@ def broken(tmp_path: Path) -> Path:
 
 
 def test_addon_script_path() -> None:
-    assert ADDON_SCRIPT.name == "claimroute_addon.py"
-    assert ADDON_SCRIPT.parent.name == "addons"
+    assert ADDON_SCRIPT.name == "mitmdump_script.py"
+    assert ADDON_SCRIPT.parent.name == "claimroute"
+    assert ADDON_SCRIPT.is_file()
 
 
 def test_command_line(tmp_path: Path) -> None:

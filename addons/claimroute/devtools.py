@@ -80,9 +80,9 @@ def _echo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `claimroute-dev`."""
-    parser = argparse.ArgumentParser(prog="claimroute-dev", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = "claimroute-dev") -> int:
+    """Entry point of `claimroute-dev` (and of `claimroute keygen|mint|echo`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     keygen = commands.add_parser("keygen", help="make a key pair and its public JWKS")
     keygen.add_argument("--alg", default="RS256")

@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+import claimroute
 from claimroute.lab import (
     ADDON_SCRIPT,
     EchoUpstream,
@@ -121,7 +122,7 @@ _serial = itertools.count()
 def write_injector(folder: Path, control: Path) -> Path:
     control.write_text("")
     targets = [(stage, *where) for stage, where in TARGETS.items()]
-    addons = str(ADDON_SCRIPT.parent)
+    addons = str(Path(claimroute.__file__).resolve().parent.parent)
     return write(
         folder / "inject_faults.py",
         INJECTOR.format(addons=addons, control=str(control), targets=targets),

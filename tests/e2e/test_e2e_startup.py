@@ -39,3 +39,17 @@ def test_passthrough_options_are_refused(tmp_path, option):
     returncode, output = run_mitmdump_until_exit(policy, options={option: "example.com"})
     assert returncode == 1
     assert f"{option} makes mitmproxy pass connections through" in output
+
+
+async def test_the_checkout_entry_script_still_works(tmp_path):
+    """`mitmdump -s addons/claimroute_addon.py` (a checkout) loads the same addon as the
+    packaged script (`claimroute addon-path`)."""
+    from claimroute.lab.mitmdump import CHECKOUT_SCRIPT, MitmdumpProcess
+
+    (tmp_path / "k.json").write_text('{"kty": "oct", "k": "' + "A" * 43 + '"}')
+    policy = write(
+        tmp_path / "policy.yaml",
+        "version: 1\nproviders:\n  p:\n    issuer: https://p.test\n    jwks: {file: k.json}\n",
+    )
+    async with MitmdumpProcess(policy, script=CHECKOUT_SCRIPT) as proxy:
+        assert proxy.port is not None

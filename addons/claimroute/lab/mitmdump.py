@@ -27,7 +27,10 @@ import claimroute
 
 log = logging.getLogger(__name__)
 
-ADDON_SCRIPT: Path = Path(claimroute.__file__).resolve().parent.parent / "claimroute_addon.py"
+# The script shipped inside the package (`claimroute addon-path`), so that the lab runs from an
+# installed wheel as from a checkout; `addons/claimroute_addon.py` is the checkout's own entry.
+ADDON_SCRIPT: Path = Path(claimroute.__file__).resolve().parent / "mitmdump_script.py"
+CHECKOUT_SCRIPT: Path = Path(claimroute.__file__).resolve().parent.parent / "claimroute_addon.py"
 MITMDUMP: Path = Path(sys.executable).parent / "mitmdump"
 READY_RE = re.compile(r"claimroute ready: listening on (\S+):(\d+)")
 

@@ -27,15 +27,24 @@ from .world import WorldFailed
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_SCENARIO, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 REPO = Path(claimroute.__file__).resolve().parents[2]
-SCENARIOS = REPO / "scenarios"
+
+
+def scenario_library() -> Path:
+    """The scenario library: a checkout's `scenarios/`, or the copy shipped in the wheel."""
+    checkout = REPO / "scenarios"
+    if checkout.is_dir():
+        return checkout
+    import claimroute_tools
+
+    return Path(claimroute_tools.__file__).resolve().parent / "scenarios"
 
 
 def resolve(name: str) -> Path:
-    """A path as given, or NAME -> scenarios/NAME.yaml in the repository."""
+    """A path as given, or NAME -> NAME.yaml in the scenario library."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.is_file() or "/" in name:
         return path
-    return SCENARIOS / f"{name}.yaml"
+    return scenario_library() / f"{name}.yaml"
 
 
 def _bounded(maximum: int) -> Callable[[str], int]:
@@ -50,10 +59,10 @@ def _bounded(maximum: int) -> Callable[[str], int]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "claimroute-scenario") -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="claimroute-scenario",
+        prog=prog,
         description="Run a claimroute scenario end to end through a real mitmdump and report.",
         epilog="Exit codes: 0 pass, 1 an expectation failed, 2 invalid scenario, "
         "3 infrastructure failure.",
@@ -69,15 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "claimroute-scenario") -> int:
     """Entry point; returns the exit code (see the module docstring)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     # Off a terminal rich assumes 80 columns; wider tables keep CI logs readable.
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=120)
     err = Console(stderr=True)
     path = resolve(args.scenario)
     if not path.is_file():
-        known = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+        known = sorted(p.stem for p in scenario_library().glob("*.yaml"))
         listing = ", ".join(known) or "none"
         err.print(f"[red]no scenario file {escape(str(path))}[/]; scenarios: {listing}")
         return EXIT_BAD_SCENARIO

@@ -1,0 +1,164 @@
+"""`claimroute`: one command for the proxy, its policies, experiments and development tools.
+
+claimroute proxy POLICY [mitmdump options...]   mitmdump with the addon and that policy
+claimroute check POLICY                         validate a policy and summarise it
+claimroute scenario NAME|PATH [options]         run an experiment and write its report
+claimroute keygen | mint | echo                 development keys, tokens and upstreams
+claimroute addon-path                           the mitmdump script of this installation
+claimroute schema policy|scenario               the JSON Schema of a file format
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import claimroute
+import claimroute_tools
+
+# Exit codes of `check`: 0 valid, 1 invalid (the message names file, key path and line).
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+SCHEMAS = ("policy", "scenario")
+
+
+def addon_path() -> Path:
+    """The mitmdump script inside the installed package."""
+    return Path(claimroute.__file__).resolve().parent / "mitmdump_script.py"
+
+
+def schema_path(kind: str) -> Path:
+    """A JSON Schema: shipped inside the tools package, or in a checkout's `schemas/`."""
+    name = f"{kind}.schema.json"
+    shipped = Path(claimroute_tools.__file__).resolve().parent / "schemas" / name
+    if shipped.is_file():
+        return shipped
+    return Path(claimroute_tools.__file__).resolve().parents[2] / "schemas" / name
+
+
+def mitmdump_executable() -> str:
+    """mitmdump from the same environment as this command, else from PATH."""
+    beside = Path(sys.executable).parent / "mitmdump"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("mitmdump")
+    if found is None:
+        raise SystemExit("claimroute: mitmdump not found (pip install mitmproxy)")
+    return found
+
+
+def _proxy(args: argparse.Namespace, extra: list[str]) -> int:
+    policy = Path(args.policy)
+    if not policy.is_file():
+        print(f"claimroute proxy: no policy file {policy}", file=sys.stderr)
+        return EXIT_USAGE
+    command = [mitmdump_executable(), "-s", str(addon_path()),
+               "--set", f"claimroute={policy.resolve()}", *extra]  # fmt: skip
+    sys.stdout.flush()
+    os.execv(command[0], command)  # mitmdump takes over: signals and exit code are its own
+    return EXIT_OK  # not reached
+
+
+def _check(args: argparse.Namespace, extra: list[str]) -> int:
+    from rich.console import Console
+
+    from claimroute.errors import PolicyError
+    from claimroute.policy import load_policy
+
+    from .policysummary import print_summary
+
+    try:
+        policy = load_policy(Path(args.policy))
+    except PolicyError as exc:
+        print(f"invalid policy: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"cannot read the policy: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print_summary(policy, Console())
+    return EXIT_OK
+
+
+def _addon_path(args: argparse.Namespace, extra: list[str]) -> int:
+    print(addon_path())
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace, extra: list[str]) -> int:
+    text = schema_path(args.kind).read_text(encoding="utf-8")
+    json.loads(text)  # a broken installation fails here rather than in an editor
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+# Subcommands whose own parser takes every argument after the name: (module, help).
+_SCENARIO = "claimroute.scenario.cli"
+_DEVTOOLS = "claimroute.devtools"
+_DELEGATED = {
+    "scenario": (_SCENARIO, "run a scenario (NAME or path) and write its report"),
+    "keygen": (_DEVTOOLS, "make a key pair and its public JWKS"),
+    "mint": (_DEVTOOLS, "mint a signed JWT with a key from keygen"),
+    "echo": (_DEVTOOLS, "run an echo upstream that answers with what it received"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (delegated subcommands parse their own arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="claimroute",
+        description="Verify JWTs, authorize and route on their claims in front of your services "
+        "(a mitmproxy addon), and run canary experiments through it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `claimroute COMMAND --help` for a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    proxy = commands.add_parser(
+        "proxy",
+        help="run mitmdump with the addon and POLICY (every mitmdump option may follow)",
+        description="Run mitmdump with the claimroute addon and POLICY. Every mitmdump option "
+        "may follow, e.g. `claimroute proxy policy.yaml --mode reverse:http://127.0.0.1:8000 "
+        "-p 8080`.",
+    )
+    proxy.add_argument("policy", help="the policy file")
+    proxy.set_defaults(run=_proxy, extra_allowed=True)
+    check = commands.add_parser(
+        "check", help="validate POLICY: a summary and exit 0, or the error and exit 1"
+    )
+    check.add_argument("policy", help="the policy file")
+    check.set_defaults(run=_check)
+    for name, (_, help_text) in _DELEGATED.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    path = commands.add_parser(
+        "addon-path",
+        help='print the mitmdump script\'s path: mitmdump -s "$(claimroute addon-path)" ...',
+    )
+    path.set_defaults(run=_addon_path)
+    schema = commands.add_parser("schema", help="print the JSON Schema of a policy or scenario")
+    schema.add_argument("kind", choices=SCHEMAS)
+    schema.set_defaults(run=_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `claimroute` console script; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in _DELEGATED:
+        name, rest = args_list[0], args_list[1:]
+        module = importlib.import_module(_DELEGATED[name][0])
+        if name == "scenario":
+            return module.main(rest, prog="claimroute scenario")
+        return module.main([name, *rest], prog="claimroute")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(args_list)
+    if extra and not getattr(args, "extra_allowed", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args.run(args, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

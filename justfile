@@ -42,7 +42,7 @@ demo:
 
 # Benchmarks: the addon against bare mitmdump, and the decision path per token.
 bench *ARGS:
-    uv run python -m claimroute.bench {{ARGS}}
+    uv run python -m claimroute_bench {{ARGS}}
 
 # Build the wheel, install it alone into a throwaway virtualenv and use it from another folder.
 wheel-check:

@@ -9,6 +9,6 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from claimroute.addon import ClaimRoute  # noqa: E402
+from claimroute.mitm.addon import ClaimRoute  # noqa: E402
 
 addons = [ClaimRoute()]

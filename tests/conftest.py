@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from claimroute.lab import TestIssuer
+from claimroute_tools.lab import TestIssuer
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,6 @@
 A checkout can also use `addons/claimroute_addon.py`, which puts the package on `sys.path`.
 """
 
-from claimroute.addon import ClaimRoute
+from claimroute.mitm.addon import ClaimRoute
 
 addons = [ClaimRoute()]

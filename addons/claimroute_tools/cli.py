@@ -68,7 +68,7 @@ def _check(args: argparse.Namespace, extra: list[str]) -> int:
     from rich.console import Console
 
     from claimroute.errors import PolicyError
-    from claimroute.policy import load_policy
+    from claimroute.policy.load import load_policy
 
     from .policysummary import print_summary
 
@@ -97,8 +97,8 @@ def _schema(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 # Subcommands whose own parser takes every argument after the name: (module, help).
-_SCENARIO = "claimroute.scenario.cli"
-_DEVTOOLS = "claimroute.devtools"
+_SCENARIO = "claimroute_tools.scenario.cli"
+_DEVTOOLS = "claimroute_tools.devtools"
 _DELEGATED = {
     "scenario": (_SCENARIO, "run a scenario (NAME or path) and write its report"),
     "keygen": (_DEVTOOLS, "make a key pair and its public JWKS"),

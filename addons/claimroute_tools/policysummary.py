@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from claimroute.claimpath import format_claim_path
-from claimroute.pathmatch import RequestConditions
-from claimroute.policy import LocalJwks, Policy, Provider
+from claimroute.match.claimpath import format_claim_path
+from claimroute.match.conditions import RequestConditions
+from claimroute.policy.model import LocalJwks, Policy, Provider
 
 
 def _keys(provider: Provider) -> str:

@@ -43,7 +43,7 @@ from joserfc import jwk
 from yarl import URL
 
 from claimroute import errors as E
-from claimroute.lab import (
+from claimroute_tools.lab import (
     EchoUpstream,
     JwksServer,
     LoopbackServer,
@@ -54,7 +54,7 @@ from claimroute.lab import (
     b64url_decode,
     build_compact,
 )
-from claimroute.lab.issuer import hmac_signer, signer_for
+from claimroute_tools.lab.issuer import hmac_signer, signer_for
 
 from .conftest import Reply, write
 

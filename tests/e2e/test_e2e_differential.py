@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from claimroute.lab import MitmdumpProcess, TestIssuer
+from claimroute_tools.lab import MitmdumpProcess, TestIssuer
 
 from . import h2client
 from .conftest import write

@@ -3,8 +3,8 @@
 mitmproxy lets a request through when an addon hook raises, so the addon has to catch
 everything itself. To prove it does, a fault-injection script is loaded with `-s` BEFORE the
 addon script (mitmproxy loads scripts in the order given and they share `sys.modules`). It
-wraps the stage functions where the addon looks them up (`claimroute.pipeline.verify_token`,
-not `claimroute.verify.verify_token`) so that they raise while a control file names their
+wraps the stage functions where the addon looks them up (`claimroute.pipeline.decide.verify_token`,
+not `claimroute.pipeline.verify.verify_token`) so that they raise while a control file names their
 stage. There is no test hook in the addon: the injected code is outside it.
 
 Each test: fault on -> the client is refused (500, or 401 where the contract says so) and
@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 import claimroute
-from claimroute.lab import (
+from claimroute_tools.lab import (
     ADDON_SCRIPT,
     EchoUpstream,
     JwksServer,
@@ -97,23 +97,23 @@ log.warning("fault injection armed: %s", ", ".join(t[0] for t in TARGETS))
 
 # stage -> (module, attribute) where the addon looks the function up at request time.
 TARGETS: dict[str, tuple[str, str]] = {
-    "request_checks": ("claimroute.addon", "request_problem"),
-    "request_view": ("claimroute.addon", "request_view"),
-    "strip_identity_headers": ("claimroute.addon", "strip_headers"),
-    "extract": ("claimroute.pipeline", "extract_tokens"),
-    "verify": ("claimroute.pipeline", "verify_token"),
-    "location_check": ("claimroute.pipeline", "location_allowed"),
-    "cache_lookup": ("claimroute.tokencache", "TokenCache.get"),
-    "identity": ("claimroute.pipeline", "identity_of"),
-    "claim_headers": ("claimroute.identity", "claim_headers"),
-    "authorize": ("claimroute.rbac", "Rbac.decide"),
-    "route": ("claimroute.pipeline", "route_for"),
-    "decision_log": ("claimroute.addon", "ClaimRoute._record"),
-    "apply": ("claimroute.addon", "apply_decision"),
-    "body_framing": ("claimroute.addon", "frame_body"),
-    "key_wait": ("claimroute.remote_jwks", "RemoteKeySource.keys_for_kid"),
-    "key_refresh": ("claimroute.remote_jwks", "RemoteKeySource._fetch_key_set"),
-    "refusal_response": ("claimroute.addon", "response_parts"),
+    "request_checks": ("claimroute.mitm.addon", "request_problem"),
+    "request_view": ("claimroute.mitm.addon", "request_view"),
+    "strip_identity_headers": ("claimroute.mitm.addon", "strip_headers"),
+    "extract": ("claimroute.pipeline.decide", "extract_tokens"),
+    "verify": ("claimroute.pipeline.decide", "verify_token"),
+    "location_check": ("claimroute.pipeline.decide", "location_allowed"),
+    "cache_lookup": ("claimroute.pipeline.tokencache", "TokenCache.get"),
+    "identity": ("claimroute.pipeline.decide", "identity_of"),
+    "claim_headers": ("claimroute.pipeline.identity", "claim_headers"),
+    "authorize": ("claimroute.policy.rbac", "Rbac.decide"),
+    "route": ("claimroute.pipeline.decide", "route_for"),
+    "decision_log": ("claimroute.mitm.addon", "ClaimRoute._record"),
+    "apply": ("claimroute.mitm.addon", "apply_decision"),
+    "body_framing": ("claimroute.mitm.addon", "frame_body"),
+    "key_wait": ("claimroute.keys.remote", "RemoteKeySource.keys_for_kid"),
+    "key_refresh": ("claimroute.keys.remote", "RemoteKeySource._fetch_key_set"),
+    "refusal_response": ("claimroute.mitm.addon", "response_parts"),
 }
 
 _serial = itertools.count()

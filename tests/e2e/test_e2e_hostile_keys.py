@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from joserfc.jwk import ECKey
 
-from claimroute.lab import EchoUpstream, LoopbackServer, MitmdumpProcess, TestIssuer
-from claimroute.lab.mitmdump import run_mitmdump_until_exit
+from claimroute_tools.lab import EchoUpstream, LoopbackServer, MitmdumpProcess, TestIssuer
+from claimroute_tools.lab.mitmdump import run_mitmdump_until_exit
 
 from .conftest import Reply, send, write
 

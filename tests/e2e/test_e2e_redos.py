@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from claimroute.lab import EchoUpstream, MitmdumpProcess, TestIssuer
+from claimroute_tools.lab import EchoUpstream, MitmdumpProcess, TestIssuer
 
 from .conftest import Reply, write
 

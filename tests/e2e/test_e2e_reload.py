@@ -9,8 +9,8 @@ import time
 import pytest
 from aiohttp import web
 
-from claimroute.lab import EchoUpstream, MitmdumpProcess, TestIssuer
-from claimroute.lab.echo import LoopbackServer
+from claimroute_tools.lab import EchoUpstream, MitmdumpProcess, TestIssuer
+from claimroute_tools.lab.echo import LoopbackServer
 
 from .conftest import send, write
 

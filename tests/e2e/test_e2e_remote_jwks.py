@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from claimroute.lab import EchoUpstream, JwksServer, MitmdumpProcess, TestIssuer
+from claimroute_tools.lab import EchoUpstream, JwksServer, MitmdumpProcess, TestIssuer
 
 from .conftest import send, write
 

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from claimroute.lab import EchoUpstream, MitmdumpProcess, TestIssuer
+from claimroute_tools.lab import EchoUpstream, MitmdumpProcess, TestIssuer
 
 from .conftest import Reply, send, write
 
@@ -109,7 +109,7 @@ async def test_employees_reach_canary_and_others_primary(proxy, corp, clean):
 
 
 async def test_sticky_split_through_the_proxy_matches_the_published_buckets(proxy, corp, clean):
-    from claimroute.routing import bucket_of
+    from claimroute.policy.routes import bucket_of
 
     url = f"{clean['primary'].url}/api"
     for index in range(40):

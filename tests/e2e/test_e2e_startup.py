@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from claimroute.lab.mitmdump import run_mitmdump_until_exit
+from claimroute_tools.lab.mitmdump import run_mitmdump_until_exit
 
 from .conftest import write
 
@@ -44,7 +44,7 @@ def test_passthrough_options_are_refused(tmp_path, option):
 async def test_the_checkout_entry_script_still_works(tmp_path):
     """`mitmdump -s addons/claimroute_addon.py` (a checkout) loads the same addon as the
     packaged script (`claimroute addon-path`)."""
-    from claimroute.lab.mitmdump import CHECKOUT_SCRIPT, MitmdumpProcess
+    from claimroute_tools.lab.mitmdump import CHECKOUT_SCRIPT, MitmdumpProcess
 
     (tmp_path / "k.json").write_text('{"kty": "oct", "k": "' + "A" * 43 + '"}')
     policy = write(

@@ -9,7 +9,7 @@ import time
 import pytest
 import pytest_asyncio
 
-from claimroute.lab import EchoUpstream, MitmdumpProcess, TestIssuer
+from claimroute_tools.lab import EchoUpstream, MitmdumpProcess, TestIssuer
 
 from .conftest import send, write
 

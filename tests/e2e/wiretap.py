@@ -24,7 +24,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from claimroute.lab import LoopbackServer
+from claimroute_tools.lab import LoopbackServer
 
 HOST = "127.0.0.1"
 MAX_BODY = 16 * 1024 * 1024

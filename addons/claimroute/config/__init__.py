@@ -1,0 +1,1 @@
+"""Reading policy files: YAML with a line table, typed readers, strict JSON."""

@@ -1,0 +1,1 @@
+"""Keys: key sets, the key-source protocol, local and remote (JWKS) sources."""

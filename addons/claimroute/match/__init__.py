@@ -1,0 +1,1 @@
+"""Matching: claim paths, the matcher engine, the request view and its conditions."""

@@ -1,0 +1,3 @@
+"""The mitmproxy layer: the addon, request hygiene, applying decisions, refusals, reload. The only
+place that imports mitmproxy.
+"""

@@ -1,0 +1,144 @@
+"""The four stages in order: extract -> verify -> authorize -> route.
+
+`decide` is a pure function of (request view, policy, key sources, clock) -> Decision; it never
+touches mitmproxy. The addon applies the Decision to the flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from claimroute import errors as E
+from claimroute.errors import Rejection
+from claimroute.keys.source import KeySource
+from claimroute.match.request import RequestView
+from claimroute.pipeline.extract import FoundToken, extract_tokens, location_allowed
+from claimroute.pipeline.identity import Identity, identity_of
+from claimroute.pipeline.tokencache import TokenCache
+from claimroute.pipeline.verify import verify_token
+from claimroute.policy.model import Policy
+from claimroute.policy.rbac import RbacResult
+from claimroute.policy.routes import RouteChoice, route_for
+
+
+@dataclass(slots=True)
+class Decision:
+    """What to do with one request, and why (recorded in flow.metadata and the decision log)."""
+
+    outcome: str  # "allowed" | "anonymous" | "denied"
+    reason: str
+    rejection: Rejection | None = None
+    provider: str | None = None
+    sub: str | None = None
+    claims: dict[str, Any] | None = None
+    token: FoundToken | None = None
+    keep_token: bool = False
+    set_headers: tuple[tuple[str, str], ...] = ()
+    rbac: RbacResult | None = None
+    route: RouteChoice | None = None
+    token_failure: str | None = None  # why a token was ignored under allow_missing_or_failed
+    cache: str | None = None  # "hit" | "miss" when a token was looked up in a TokenCache
+
+    @property
+    def allowed(self) -> bool:
+        return self.rejection is None
+
+    def record(self) -> dict[str, Any]:
+        """A small JSON-able summary (never the token, never all claims)."""
+        out: dict[str, Any] = {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "status": self.rejection.status if self.rejection else None,
+            "provider": self.provider,
+            "sub": self.sub,
+        }
+        if self.token_failure:
+            out["token_failure"] = self.token_failure
+        if self.cache is not None:
+            out["cache"] = self.cache
+        if self.rbac is not None:
+            out["rbac"] = self.rbac.record()
+        if self.route is not None:
+            out["route"] = self.route.name
+            out["upstream"] = self.route.upstream
+            if self.route.bucket is not None:
+                out["bucket"] = self.route.bucket
+        return out
+
+
+def _deny(rejection: Rejection, **fields: Any) -> Decision:
+    return Decision(outcome="denied", reason=rejection.reason, rejection=rejection, **fields)
+
+
+async def decide(
+    request: RequestView,
+    policy: Policy,
+    key_sources: dict[str, KeySource],
+    now: float,
+    cache: TokenCache | None = None,
+) -> Decision:
+    """Run every stage for one request and return the decision (raises only on bugs).
+
+    With a `cache`, a token verified before (same policy, same keys, still in its time window)
+    skips verification and reuses its `Identity` (claim headers, the RBAC principals and
+    route conditions it satisfies, its split buckets); the location check and everything
+    that reads the request (permissions, route conditions on methods, paths and headers) run
+    on every request, and the claim headers are set on every request.
+    """
+    found = extract_tokens(request, policy.token_locations)
+    if len(found) > 1:
+        # RFC 6750 §2: a client must not use more than one method; refuse rather than guess.
+        return _deny(Rejection(400, E.MULTIPLE_TOKENS, "invalid_request"))
+    token = found[0] if found else None
+    decision: Decision
+    identity: Identity
+    if token is None:
+        if policy.validation == "require_valid":
+            return _deny(Rejection(401, E.JWT_MISSING, None))
+        identity = policy.anonymous
+        decision = Decision("anonymous", "no token")
+    else:
+        cached = None
+        looked_up: str | None = None  # the decision record's "cache": hit | miss
+        if cache is not None:
+            cached = cache.get(token.token, policy, key_sources, now)
+            looked_up = "miss" if cached is None else "hit"
+        try:
+            if cached is not None:
+                identity = cached
+            else:
+                verified = await verify_token(token.token, policy, key_sources, now)
+                # Everything the policy concludes from the claims alone, once per token.
+                identity = identity_of(
+                    policy, verified.provider, verified.claims, verified.payload_b64
+                )
+                if cache is not None:
+                    cache.put(token.token, identity, policy, key_sources, now)
+            assert identity.provider is not None  # a verified token has its provider
+            if not location_allowed(token, identity.provider.token_source):
+                raise E.invalid_token(E.JWT_UNKNOWN_ISSUER)
+        except Rejection as rejection:
+            if policy.validation != "allow_missing_or_failed":
+                return _deny(rejection, token=token, cache=looked_up)
+            identity = policy.anonymous
+            decision = Decision(
+                outcome="anonymous", reason="token ignored", token=token,
+                token_failure=rejection.reason, cache=looked_up,
+            )  # fmt: skip
+        else:
+            decision = Decision(
+                "allowed", "verified", None, identity.provider_name, identity.sub,
+                identity.claims, token, identity.keep_token, identity.set_headers,
+                cache=looked_up,
+            )  # fmt: skip
+    if policy.rbac is not None:
+        result = policy.rbac.decide(request, identity.principals)
+        decision.rbac = result
+        if not result.allowed and not result.dry_run:
+            decision.outcome = "denied"
+            decision.reason = E.RBAC_DENIED
+            decision.rejection = Rejection(403, E.RBAC_DENIED, None, challenge=False)
+            return decision
+    decision.route = route_for(policy.routes, request, identity.route_choices)
+    return decision

@@ -1,0 +1,310 @@
+"""Checking expectations against what happened, each with its observed value and its miss.
+
+An expectation selects requests (`users`, `route`, `after_step`, `before_step`, `method`,
+`path`) and asserts something about them:
+
+- `upstream` and/or `status`: every selected request (or `share` ± `tolerance`, or at least
+  `min_share`, or at most `max_share` of them) was answered by that upstream with that status.
+  `upstream: none` means no upstream answered AND no upstream's records contain the request.
+- `sticky: true`: no user was answered by two different upstreams.
+- `formula: true` (with `route`): every request on the route reached the upstream that the
+  published bucket formula (`routing.bucket_of`) gives its user, under the policy live then.
+- `log: REGEX`: mitmdump's output has `at_least` (default 1) / `at_most` matching lines.
+
+An expectation that selects no request fails: a check of nothing proves nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from claimroute.match.claimpath import walk
+from claimroute.policy.model import Policy
+from claimroute.policy.routes import Route, bucket_of, split_value
+from claimroute_tools.scenario.model import NO_UPSTREAM, Expectation, Scenario
+from claimroute_tools.scenario.traffic import RequestResult, User
+
+
+@dataclass(slots=True)
+class RunData:
+    """Everything the checks and the report read."""
+
+    scenario: Scenario
+    users: list[User]
+    results: list[RequestResult]
+    phase_policies: list[Policy]  # phase k -> the policy live after k steps
+    upstream_names: Mapping[str, str]  # upstream URL -> name
+    output: str  # mitmdump's
+    step_names: list[str]  # in timeline order (ordinal)
+    incomplete: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The verdict on one expectation."""
+
+    text: str
+    line: int | None
+    passed: bool
+    requests: int  # how many requests the check looked at
+    expected: str
+    observed: str
+    miss: str  # by how much it missed ("" when passed)
+    value: float | None = None  # the observed number (share, count), for machines
+
+
+def pct(value: float) -> str:
+    """0.1234 -> `12.3%`."""
+    return f"{value * 100:.1f}%"
+
+
+def select(expectation: Expectation, data: RunData) -> list[RequestResult]:
+    """The requests an expectation is about."""
+    out = data.results
+    if expectation.users is not None:
+        wanted = set(expectation.users)
+        out = [r for r in out if r.population in wanted]
+    if expectation.route is not None:
+        out = [r for r in out if r.route == expectation.route]
+    if expectation.after_step is not None:
+        ordinal = data.step_names.index(expectation.after_step)
+        out = [r for r in out if r.phase > ordinal]
+    if expectation.before_step is not None:
+        ordinal = data.step_names.index(expectation.before_step)
+        out = [r for r in out if r.phase <= ordinal]
+    if expectation.method is not None:
+        out = [r for r in out if r.method == expectation.method]
+    if expectation.path is not None:
+        out = [r for r in out if r.path.startswith(expectation.path)]
+    return out
+
+
+def _wanted(expectation: Expectation) -> str:
+    parts = []
+    if expectation.upstream is not None:
+        parts.append(
+            "no upstream saw it"
+            if expectation.upstream == NO_UPSTREAM
+            else f"answered by {expectation.upstream}"
+        )
+    if expectation.status is not None:
+        parts.append("status " + "/".join(str(s) for s in expectation.status))
+    return ", ".join(parts)
+
+
+def _matches(result: RequestResult, expectation: Expectation) -> bool:
+    if expectation.upstream == NO_UPSTREAM:
+        if result.answered_by is not None or result.seen_by:
+            return False
+    elif expectation.upstream is not None and result.answered_by != expectation.upstream:
+        return False
+    return expectation.status is None or result.status in expectation.status
+
+
+def _describe(results: Sequence[RequestResult], limit: int = 3) -> str:
+    counts = Counter(
+        (r.upstream, r.status_label, "seen by " + "+".join(r.seen_by) if r.seen_by else "")
+        for r in results
+    )
+    parts = []
+    for (upstream, status, seen), n in counts.most_common(limit):
+        extra = f", {seen}" if seen and upstream == NO_UPSTREAM else ""
+        parts.append(f"{upstream}/{status} ({n}{extra})")
+    if len(counts) > limit:
+        parts.append("…")
+    return ", ".join(parts)
+
+
+def _check_outcome(expectation: Expectation, selected: list[RequestResult]) -> Outcome:
+    e = expectation
+    n = len(selected)
+    hits = [r for r in selected if _matches(r, e)]
+    misses = [r for r in selected if not _matches(r, e)]
+    share = len(hits) / n if n else 0.0
+    observed = f"{pct(share)} ({len(hits)}/{n})"
+    wanted = _wanted(e)
+    if e.share is not None and e.tolerance is not None:
+        expected = f"{pct(e.share)} ± {pct(e.tolerance)} {wanted}"
+        off = abs(share - e.share)
+        passed = n > 0 and off <= e.tolerance + 1e-12
+        miss = "" if passed else f"off by {off * 100:.2f} points; {e.tolerance * 100:.2f} allowed"
+    elif e.min_share is not None or e.max_share is not None:
+        bounds = []
+        if e.min_share is not None:
+            bounds.append(f"≥ {pct(e.min_share)}")
+        if e.max_share is not None:
+            bounds.append(f"≤ {pct(e.max_share)}")
+        expected = f"{' and '.join(bounds)} {wanted}"
+        below = (e.min_share - share) if e.min_share is not None else 0.0
+        above = (share - e.max_share) if e.max_share is not None else 0.0
+        passed = n > 0 and below <= 1e-12 and above <= 1e-12
+        miss = "" if passed else f"{max(below, above) * 100:.2f} points beyond the bound"
+    else:
+        expected = f"all {wanted}"
+        passed = n > 0 and not misses
+        miss = "" if passed else f"{len(misses)} of {n} requests ({pct(len(misses) / n)})"
+    if n == 0:
+        miss = "no request matched the selection"
+    elif misses:
+        observed += f"; the rest: {_describe(misses)}"
+    return Outcome(e.text, e.line, passed, n, expected, observed, miss, share)
+
+
+def _check_sticky(
+    expectation: Expectation, selected: list[RequestResult], users: list[User]
+) -> Outcome:
+    reached: dict[int, set[str]] = defaultdict(set)
+    for result in selected:
+        if result.answered_by is not None:
+            reached[result.user].add(result.answered_by)
+    flappers = sorted(uid for uid, names in reached.items() if len(names) > 1)
+    total = len(reached)
+    repeat = sum(1 for n in Counter(r.user for r in selected).values() if n > 1)
+    observed = f"{len(flappers)} of {total} users reached two upstreams ({repeat} users sent 2+)"
+    passed = total > 0 and not flappers
+    miss = ""
+    if flappers:
+        examples = ", ".join(
+            f"{users[uid].label}: {'+'.join(sorted(reached[uid]))}" for uid in flappers[:3]
+        )
+        miss = f"{len(flappers)} users not sticky, e.g. {examples}"
+    elif total == 0:
+        miss = "no request was answered by an upstream"
+    value = len(flappers) / total if total else None
+    return Outcome(
+        expectation.text,
+        expectation.line,
+        passed,
+        len(selected),
+        "every user reaches one upstream",
+        observed,
+        miss,
+        value,
+    )
+
+
+def predicted_target(route: Route, payload: Mapping[str, Any] | None) -> tuple[str, int | None]:
+    """The upstream URL (and bucket) the published formula gives for a user on `route`."""
+    if route.split is None:
+        assert route.upstream is not None
+        return route.upstream.url, None
+    split = route.split
+    value = split_value(walk(payload, split.by))
+    if value is None:
+        return split.fallback.url, None
+    bucket = bucket_of(split.salt, route.name, value)
+    index = next(i for i, bound in enumerate(split.boundaries) if bucket < bound)
+    return split.targets[index].url, bucket
+
+
+def find_route(policy: Policy, name: str) -> Route | None:
+    """The route called `name` in `policy`."""
+    return next((route for route in policy.routes if route.name == name), None)
+
+
+def _check_formula(
+    expectation: Expectation, selected: list[RequestResult], data: RunData
+) -> Outcome:
+    assert expectation.route is not None
+    wrong: list[str] = []
+    bucket_mismatch = 0
+    checked = 0
+    for result in selected:
+        route = find_route(data.phase_policies[result.phase], expectation.route)
+        if route is None:
+            continue
+        user = data.users[result.user]
+        url, bucket = predicted_target(route, user.payload or None)
+        predicted = data.upstream_names.get(url, url)
+        checked += 1
+        if result.answered_by != predicted:
+            wrong.append(f"{user.label}: {result.upstream} instead of {predicted}")
+        if bucket is not None and result.bucket is not None and bucket != result.bucket:
+            bucket_mismatch += 1
+    passed = checked > 0 and not wrong and not bucket_mismatch
+    observed = (
+        f"{checked - len(wrong)}/{checked} requests reached the predicted upstream; "
+        f"{bucket_mismatch} bucket disagreements with the addon's log"
+    )
+    miss = ""
+    if checked == 0:
+        miss = "no request took this route"
+    elif wrong or bucket_mismatch:
+        miss = f"{len(wrong)} requests elsewhere" + (f", e.g. {wrong[0]}" if wrong else "")
+    return Outcome(
+        expectation.text,
+        expectation.line,
+        passed,
+        checked,
+        "each user on its bucket_of() cohort",
+        observed,
+        miss,
+        (checked - len(wrong)) / checked if checked else None,
+    )
+
+
+def _check_log(expectation: Expectation, output: str) -> Outcome:
+    assert expectation.log is not None
+    regex = re.compile(expectation.log)
+    count = sum(1 for line in output.splitlines() if regex.search(line))
+    low, high = expectation.at_least, expectation.at_most
+    passed = (low is None or count >= low) and (high is None or count <= high)
+    bounds = []
+    if low is not None:
+        bounds.append(f"≥ {low}")
+    if high is not None:
+        bounds.append(f"≤ {high}")
+    expected = f"{' and '.join(bounds)} mitmdump lines matching /{expectation.log}/"
+    miss = ""
+    if not passed:
+        miss = (
+            f"{low - count} too few"
+            if low is not None and count < low
+            else (f"{count - (high or 0)} too many")
+        )
+    return Outcome(
+        expectation.text,
+        expectation.line,
+        passed,
+        0,
+        expected,
+        f"{count} lines",
+        miss,
+        float(count),
+    )
+
+
+def check(expectation: Expectation, data: RunData) -> Outcome:
+    """Evaluate one expectation."""
+    if expectation.kind == "log":
+        return _check_log(expectation, data.output)
+    selected = select(expectation, data)
+    if expectation.kind == "sticky":
+        return _check_sticky(expectation, selected, data.users)
+    if expectation.kind == "formula":
+        return _check_formula(expectation, selected, data)
+    return _check_outcome(expectation, selected)
+
+
+def evaluate(data: RunData) -> list[Outcome]:
+    """Every expectation of the scenario, plus a failed check if the traffic was cut short."""
+    outcomes = [check(expectation, data) for expectation in data.scenario.expectations]
+    if data.incomplete:
+        sent = len(data.results)
+        planned = data.scenario.traffic.requests
+        outcomes.append(
+            Outcome(
+                "(runner) every planned request was sent",
+                None,
+                False,
+                sent,
+                f"{planned} requests",
+                f"{sent} requests",
+                data.incomplete,
+            )
+        )
+    return outcomes

@@ -1,5 +1,5 @@
-"""The attack corpus, end to end: every applicable case of the conformance checklist
-(/work/shared/reference/jwt-conformance-and-attacks.md §3.1, §3.2, §3.3, §4 and §5), built by
+"""The attack corpus, end to end: every applicable case of the JWT conformance and attack
+checklist (RFC 7515/7519/8725 and the published JWT attacks; case ids in the table), built by
 our own code and sent through ONE real mitmdump in front of an upstream that records what it
 receives.
 

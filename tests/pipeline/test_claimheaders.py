@@ -1,4 +1,4 @@
-"""Claim values as header values (design/policy.md, "Header values from claims")."""
+"""Claim values as header values (docs/policy.md, "Header values from claims")."""
 
 from __future__ import annotations
 

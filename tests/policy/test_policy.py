@@ -1,5 +1,5 @@
 """Policy loading: a complete file parses with the documented defaults, and every mistake is a
-PolicyError naming the file, the exact key path and the line (docs: design/policy.md)."""
+PolicyError naming the file, the exact key path and the line (docs/policy.md)."""
 
 from __future__ import annotations
 

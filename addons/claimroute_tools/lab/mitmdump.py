@@ -2,8 +2,8 @@
 
 Readiness is the addon's own log line (`claimroute ready: listening on HOST:PORT`, logged from
 `running()`), not the port: mitmdump keeps serving without the addon when a script fails to
-load (notes §1.3), so only that line proves the addon is active. Every process gets an
-isolated confdir, since `confdir/config.yaml` would override our `--set` values (notes §1.4).
+load, so only that line proves the addon is active. Every process gets an
+isolated confdir, since `confdir/config.yaml` would override our `--set` values.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from claimroute_tools.scenario.report import percentile
+from claimroute_tools.scenario.summary import percentile
 
 IDLE_LIMIT = 900.0  # a worker whose parent says nothing for this long exits
 

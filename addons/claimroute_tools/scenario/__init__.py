@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -19,6 +18,7 @@ from claimroute.policy.model import Policy
 from claimroute_tools.scenario.expect import Outcome, RunData, evaluate
 from claimroute_tools.scenario.model import PolicyError, Scenario, load_scenario
 from claimroute_tools.scenario.report import print_report, summarize, write_reports
+from claimroute_tools.scenario.summary import ReportSummary
 from claimroute_tools.scenario.timeline import Timeline
 from claimroute_tools.scenario.traffic import (
     ProgressReporter,
@@ -39,7 +39,7 @@ class RunResult:
 
     scenario: Scenario
     outcomes: list[Outcome]
-    summary: dict[str, Any]
+    summary: ReportSummary  # report.json is render.to_dict(summary)
     reports: dict[str, Path]
 
     @property
@@ -135,6 +135,7 @@ async def run_scenario(
 __all__ = [
     "Outcome",
     "PolicyError",
+    "ReportSummary",
     "RunResult",
     "Scenario",
     "WorldFailed",

@@ -146,7 +146,7 @@ def _check_outcome(expectation: Expectation, selected: list[RequestResult]) -> O
     else:
         expected = f"all {wanted}"
         passed = n > 0 and not misses
-        miss = "" if passed else f"{len(misses)} of {n} requests ({pct(len(misses) / n)})"
+        miss = "" if passed or not n else f"{len(misses)} of {n} requests ({pct(len(misses) / n)})"
     if n == 0:
         miss = "no request matched the selection"
     elif misses:

@@ -9,6 +9,7 @@ IPv4 address it maps).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -39,6 +40,9 @@ def _address(name: str) -> str | None:
     return None
 
 
+# Host names repeat from request to request: each spelling is worked out once (a client sending
+# many distinct names only evicts entries, which costs speed, never correctness).
+@functools.lru_cache(maxsize=4096)
 def canonical_host(value: str) -> str:
     """A host (with or without port, brackets or final dot) as rules compare it.
 
@@ -54,6 +58,7 @@ def canonical_host(value: str) -> str:
     return _address(name) or name
 
 
+@functools.lru_cache(maxsize=4096)
 def host_value_problem(value: str) -> str | None:
     """Why a Host value (or authority) is not a valid `host[:port]`, or None when it is."""
     if "@" in value:

@@ -40,6 +40,7 @@ _TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f#]")
 # How lenient cookie parsers (aiohttp's, Python's SimpleCookie, many frameworks) split a
 # Cookie header: at `;`, at `,` (the old RFC 2109 separator) and at whitespace. None of them
 # can be part of a cookie value (RFC 6265 §4.1.1), so a token cookie never spans them.
+_LINE_BREAK_OR_NUL = re.compile(rb"[\r\n\x00]")
 _LENIENT_COOKIE_SPLIT = re.compile(r"[;,\s]+")
 # A token cookie as the only thing between two `;`: a cookie name, `=`, and a value of the
 # characters a JWT (or another bearer token) holds, optionally in double quotes.
@@ -71,16 +72,21 @@ def target_problem(method: str, path: str) -> Rejection | None:
 def header_problem(fields: tuple[tuple[bytes, bytes], ...]) -> Rejection | None:
     """No header value may hold CR, LF or NUL: an obs-fold continuation (`X: a\\r\\n b`) or a
     bare CR is forwarded as sent, and a lenient upstream reads a header of its own out of it."""
-    for _, value in fields:
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            return _bad(BAD_HEADER)
+    # One search over all values joined (by a space, which is allowed): cheaper than a loop.
+    if _LINE_BREAK_OR_NUL.search(b" ".join([value for _, value in fields])):
+        return _bad(BAD_HEADER)
     return None
+
+
+def _host_values(fields: tuple[tuple[bytes, bytes], ...]) -> list[str]:
+    """The Host header's values, decoded as mitmproxy decodes them."""
+    return [v.decode("utf-8", "surrogateescape") for k, v in fields if k.lower() == b"host"]
 
 
 def host_problem(request: http.Request) -> Rejection | None:
     """At most one Host header (RFC 9112 §3.2), and it and the authority (absolute-form or
     `:authority`) a plain `host[:port]`: no userinfo, no percent-escapes, no spaces."""
-    values = request.headers.get_all("host")
+    values = _host_values(request.headers.fields)
     if len(values) > 1:
         return _bad(MULTIPLE_HOSTS)
     authority = request.authority
@@ -94,7 +100,7 @@ def host_names(request: http.Request, *, client_chose_target: bool) -> tuple[str
     """Every name the request is addressed to, canonical: the Host value, the authority, and
     the target mitmproxy connects to when the client chose it (regular, transparent and
     upstream modes; in reverse mode the operator chose it). Host rules read all of them."""
-    names = [canonical_host(value) for value in request.headers.get_all("host")]
+    names = [canonical_host(value) for value in _host_values(request.headers.fields)]
     if request.authority:
         names.append(canonical_host(request.authority))
     if client_chose_target or not names:

@@ -9,9 +9,8 @@ refusal), what the rules read must be what the upstream serves:
 
 - the path the rules match is the rule form of the path the upstream routes on;
 - the Host name the upstream reads is one of the names host rules read;
-- the token cookie the upstream reads is the token the addon extracts. (With several Cookie
-  headers aiohttp reads only the first, so the addon may find a token the upstream does not
-  read: never the other way round.)
+- the token cookie the upstream reads is the token the addon extracts (the addon may find one
+  where the upstream reads none, never the other way round).
 """
 
 from __future__ import annotations
@@ -115,5 +114,6 @@ def test_the_addon_decides_on_what_a_lenient_upstream_serves(target, hosts, cook
         # character no JWT has, so it never verifies (refused, or the cookie removed).
         theirs = set(CREDENTIALS.findall(upstream_token))
         assert theirs <= {ours[0]} or not JWT_TEXT.fullmatch(ours[0]), (cookies, ours, theirs)
-    elif len(cookies) < 2:
-        assert [f for f in found if f.token] == [], (cookies, found)  # an empty one never verifies
+    # (The addon may find a token where the upstream reads none: several Cookie headers, of
+    # which aiohttp reads the first, or a bare `session` that empties the upstream's value.
+    # The upstream then acts on no credential at all, which is safe.)

@@ -174,4 +174,45 @@ def test_every_single_number_spelling_of_an_address_is_that_address(number: int,
     import ipaddress
 
     spelled = {"dec": str(number), "hex": hex(number), "oct": "0" + oct(number)[2:]}[form]
-    assert canonical_host(spelled) == str(ipaddress.IPv4Address(number))
+    # The "any" address 0.0.0.0 connects to loopback: it is 127.0.0.1 to host rules.
+    expected = "127.0.0.1" if number == 0 else str(ipaddress.IPv4Address(number))
+    assert canonical_host(spelled) == expected
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        ("session =forged", hygiene.AMBIGUOUS_COOKIE),
+        ("session\t= forged", hygiene.AMBIGUOUS_COOKIE),
+        ("a=1; session  =  x", hygiene.AMBIGUOUS_COOKIE),
+        ("session=good", None),
+    ],
+)
+def test_whitespace_around_the_equals_sign_of_a_token_cookie(cookie, expected) -> None:
+    """aiohttp, SimpleCookie and most frameworks read `session =x` as the session cookie;
+    mitmproxy reads a cookie named `session ` (review finding F2)."""
+    got = hygiene.cookie_problem(request("/", ("Cookie", cookie)), ("session",))
+    assert reason(got) == expected
+
+
+@pytest.mark.parametrize("name", ["X_Auth_Token", "x_auth-token", "X-AUTH_TOKEN"])
+def test_underscore_spellings_of_a_token_header_are_refused(name: str) -> None:
+    """CGI/WSGI read `x_auth_token` and `x-auth-token` as one variable (review finding F3)."""
+    fields = ((name.encode(), b"forged"),)
+    got = hygiene.token_header_problem(fields, ["x-auth-token"])
+    assert reason(got) == hygiene.AMBIGUOUS_TOKEN_HEADER
+    assert hygiene.token_header_problem(((b"x-auth-token", b"t"),), ["x-auth-token"]) is None
+    assert hygiene.token_header_problem(((b"x_other", b"t"),), ["x-auth-token"]) is None
+
+
+@pytest.mark.parametrize("value", [b"\x0bBearer x", b"a\x0cb", b"a\x1bb", b"a\x7fb", b"a\x01b"])
+def test_every_control_character_but_tab_is_refused(value: bytes) -> None:
+    """Control characters are whitespace to loose parsers (review finding F4)."""
+    assert reason(hygiene.header_problem(((b"authorization", value),))) == hygiene.BAD_HEADER
+
+
+@pytest.mark.parametrize("spelling", ["0.0.0.0", "0", "0x0", "0.0", "[::ffff:0.0.0.0]"])
+def test_the_any_address_is_loopback_to_host_rules(spelling: str) -> None:
+    """Connecting to 0.0.0.0 (or ::) reaches loopback (review finding F1)."""
+    assert canonical_host(spelling) == "127.0.0.1"
+    assert canonical_host("[::]") == "::1"

@@ -27,17 +27,23 @@ def _address(name: str) -> str | None:
     """The canonical text of a numeric host, or None when `name` is not one."""
     if _IPV4_LIKE.fullmatch(name) and any(ch.isdigit() for ch in name):
         try:
-            return str(ipaddress.IPv4Address(socket.inet_aton(name)))
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(
+                socket.inet_aton(name)
+            )
         except OSError:
             return None
-    if ":" in name:
+    elif ":" in name:
         try:
             address = ipaddress.IPv6Address(name)
         except ValueError:
             return None
-        mapped = address.ipv4_mapped
-        return str(mapped) if mapped is not None else address.compressed
-    return None
+        address = address.ipv4_mapped or address
+    else:
+        return None
+    # A connection to the "any" address (0.0.0.0, ::) reaches this machine's loopback.
+    if address.is_unspecified:
+        return "127.0.0.1" if address.version == 4 else "::1"
+    return str(address) if address.version == 4 else address.compressed
 
 
 # Host names repeat from request to request: each spelling is worked out once (a client sending

@@ -241,7 +241,12 @@ class ClaimRoute:
         if self._strip_keys:
             strip_headers(request, self._strip_keys)
         locations = policy.token_locations
-        problem = request_problem(request, locations.cookies, bool(locations.query_params))
+        problem = request_problem(
+            request,
+            locations.cookies,
+            bool(locations.query_params),
+            [name for name, _ in locations.header_prefixes],
+        )
         if problem is not None:
             # A request the upstream could read otherwise than the proxy: no decision on it.
             self._record(flow, Decision("denied", problem.reason, problem), policy)

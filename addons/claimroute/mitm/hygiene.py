@@ -26,6 +26,7 @@ BAD_HEADER = "Invalid character in a header value"
 BAD_HOST = "Invalid Host"
 MULTIPLE_HOSTS = "Multiple Host headers"
 AMBIGUOUS_COOKIE = "Ambiguous Cookie header"
+AMBIGUOUS_TOKEN_HEADER = "Ambiguous token header"
 TRAILERS = "Request trailers are not supported"
 # Limits on the token locations that are parsed per request (only when the policy reads them).
 MAX_QUERY_CHARS = 64 * 1024
@@ -40,11 +41,15 @@ _TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f#]")
 # How lenient cookie parsers (aiohttp's, Python's SimpleCookie, many frameworks) split a
 # Cookie header: at `;`, at `,` (the old RFC 2109 separator) and at whitespace. None of them
 # can be part of a cookie value (RFC 6265 §4.1.1), so a token cookie never spans them.
-_LINE_BREAK_OR_NUL = re.compile(rb"[\r\n\x00]")
+# RFC 9110 §5.5: a field value holds no control character but HTAB. CR, LF and NUL would let a
+# lenient upstream read a header of its own; the others (VT, FF, ...) are whitespace to
+# parsers that split loosely, e.g. `\x0bBearer <token>` read as a bearer token.
+_LINE_BREAK_OR_NUL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _LENIENT_COOKIE_SPLIT = re.compile(r"[;,\s]+")
 # A token cookie as the only thing between two `;`: a cookie name, `=`, and a value of the
 # characters a JWT (or another bearer token) holds, optionally in double quotes.
-_PLAIN_TOKEN_COOKIE = re.compile(r'[^=\s;,"]+=(?:"[A-Za-z0-9\-._~+/=]*"|[A-Za-z0-9\-._~+/=]*)')
+_PLAIN_TOKEN_COOKIE = re.compile(r'[^=\s;,"]+=("[A-Za-z0-9\-._~+/=]*"|[A-Za-z0-9\-._~+/=]*)')
+_LENIENT_COOKIE_NAME = re.compile(r'(?:^|[;,\s])([^=;,\s"]+)\s*=')
 
 
 def _bad(reason: str, status: int = 400) -> Rejection:
@@ -70,8 +75,9 @@ def target_problem(method: str, path: str) -> Rejection | None:
 
 
 def header_problem(fields: tuple[tuple[bytes, bytes], ...]) -> Rejection | None:
-    """No header value may hold CR, LF or NUL: an obs-fold continuation (`X: a\\r\\n b`) or a
-    bare CR is forwarded as sent, and a lenient upstream reads a header of its own out of it."""
+    """No header value may hold a control character but tab: an obs-fold continuation
+    (`X: a\\r\\n b`) or a bare CR is forwarded as sent, and a lenient upstream reads a header
+    of its own out of it."""
     # One search over all values joined (by a space, which is allowed): cheaper than a loop.
     if _LINE_BREAK_OR_NUL.search(b" ".join([value for _, value in fields])):
         return _bad(BAD_HEADER)
@@ -125,12 +131,14 @@ def cookie_problem(request: http.Request, token_cookies: Collection[str]) -> Rej
     lenient = []
     for value in values:
         for segment in value.split(";"):
-            for part in _LENIENT_COOKIE_SPLIT.split(segment):
-                name, sep, content = part.partition("=")
-                if sep and name in token_cookies:
-                    if not _PLAIN_TOKEN_COOKIE.fullmatch(segment.strip()):
+            # Every `name =` a lenient parser could see in this segment (it splits at `,` and
+            # whitespace too, and allows whitespace around `=`).
+            for name in _LENIENT_COOKIE_NAME.findall(segment):
+                if name in token_cookies:
+                    plain = _PLAIN_TOKEN_COOKIE.fullmatch(segment.strip())
+                    if plain is None:
                         return _bad(AMBIGUOUS_COOKIE)
-                    lenient.append((name, content.strip('"')))
+                    lenient.append((name, plain.group(1).strip('"')))
     if len(lenient) > 1:
         # As for two tokens anywhere else (RFC 6750 §2): the same refusal and challenge.
         return Rejection(400, E.MULTIPLE_TOKENS, "invalid_request")
@@ -144,13 +152,30 @@ def cookie_problem(request: http.Request, token_cookies: Collection[str]) -> Rej
     return None
 
 
+def token_header_problem(
+    fields: tuple[tuple[bytes, bytes], ...], token_headers: Collection[str]
+) -> Rejection | None:
+    """A header spelled like a token header with `_` for `-` (`X_Auth_Token` for
+    `x-auth-token`) is refused: CGI and WSGI servers read both spellings as one variable
+    (`HTTP_X_AUTH_TOKEN`), so the upstream would see a credential the proxy never verified."""
+    for name, _ in fields:
+        if b"_" in name and name.lower().replace(b"_", b"-").decode("latin-1") in token_headers:
+            return _bad(AMBIGUOUS_TOKEN_HEADER)
+    return None
+
+
 def request_problem(
-    request: http.Request, token_cookies: Collection[str], reads_query: bool
+    request: http.Request,
+    token_cookies: Collection[str],
+    reads_query: bool,
+    token_headers: Collection[str] = (),
 ) -> Rejection | None:
     """Why the request must be refused before any decision, or None."""
+    fields = request.headers.fields
     return (
         target_problem(request.method, request.path)
-        or header_problem(request.headers.fields)
+        or header_problem(fields)
+        or (token_header_problem(fields, token_headers) if token_headers else None)
         or host_problem(request)
         or (_query_problem(request.path) if reads_query else None)
         or (cookie_problem(request, token_cookies) if token_cookies else None)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from claimroute.match.request import RequestView
 from claimroute.policy.model import TokenSource
+
+_TOKEN_CHAR = re.compile(r"[A-Za-z0-9\-._~+/=]")  # RFC 6750 token68
 
 
 @dataclass(slots=True)  # one per request: not frozen (docs/architecture.md, performance)
@@ -55,11 +58,12 @@ def extract_tokens(request: RequestView, locations: TokenSource) -> list[FoundTo
 
 def _other_separator(value: str, length: int, lowered: str) -> bool:
     """Whether `value` is a prefix that ends in a space (an auth scheme and its separator)
-    written with other whitespace in place of that space."""
+    written with something else in place of that space: other whitespace, or any character a
+    token cannot start with (a raw 0xA0 byte is whitespace to a Latin-1 reader)."""
     return (
         lowered.endswith(" ")
         and len(value) >= length
-        and value[length - 1].isspace()
+        and not _TOKEN_CHAR.match(value[length - 1])
         and value[: length - 1].lower() == lowered[:-1]
     )
 

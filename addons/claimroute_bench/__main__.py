@@ -4,6 +4,7 @@ uv run just bench            # full run (about 3 minutes)
 uv run just bench --quick    # a short run to check that everything works
 uv run just bench --only micro --only memory --json /tmp/bench.json
 uv run just bench --only policy   # only the policy load time (1,000 rules), seconds
+uv run just bench --only metrics  # what the Prometheus metrics cost per request (µs)
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from claimroute_bench import large, micro, policyload, proxy_load, stalls
+from claimroute_bench import large, metricscost, micro, policyload, proxy_load, stalls
 from claimroute_bench.scenario import DEFAULT_USERS, make_setup
 
-SECTIONS = ("proxy", "micro", "memory", "stalls", "large", "policy")
+SECTIONS = ("proxy", "micro", "metrics", "memory", "stalls", "large", "policy")
 DEFAULT_JSON = Path("reports") / "bench-results.json"
 
 # The issue's targets; the benchmark reports against them and never fails on them.
@@ -147,6 +148,14 @@ def _tables(results: dict[str, Any], console: Console) -> None:
         for name, value in rows:
             table.add_row(name, _fmt(value, 2), f"{value / raw:.2f}x" if raw else "-")
         console.print(table)
+    mc = results.get("metrics", {}).get("summary")
+    if mc:
+        console.print(
+            f"Metrics: recording one request costs {_fmt(mc['record_us'], 2)} µs (median); "
+            f"the warm requestheaders hook takes {_fmt(mc['hook_warm_on_us'], 2)} µs with "
+            f"metrics, {_fmt(mc['hook_warm_off_us'], 2)} µs without "
+            f"({mc['hook_added_us']:+.2f} µs); a scrape takes {_fmt(mc['scrape_ms'], 2)} ms."
+        )
     mem = results.get("memory")
     if mem:
         console.print(
@@ -281,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         say("micro-benchmark of the decision path")
         results["micro"] = micro.run(setup, tokens=min(200 if quick else 500, args.users),
                                      repeats=3 if quick else 7)  # fmt: skip
+    if "metrics" in sections:
+        say("cost of the Prometheus metrics per request")
+        results["metrics"] = metricscost.run(setup, tokens=min(200 if quick else 500, args.users),
+                                             repeats=3 if quick else 7)  # fmt: skip
     if "memory" in sections:
         tokens = args.memory_tokens or (20_000 if quick else 100_000)
         say(f"memory: {tokens:,} distinct tokens through decide")

@@ -8,6 +8,7 @@ from rich.table import Table
 from claimroute.match.claimpath import format_claim_path
 from claimroute.match.conditions import RequestConditions
 from claimroute.policy.model import LocalJwks, Policy, Provider
+from claimroute.policy.routes import format_split_by
 
 
 def _keys(provider: Provider) -> str:
@@ -58,7 +59,7 @@ def print_summary(policy: Policy, console: Console) -> None:
     for index, route in enumerate(policy.routes, 1):
         if route.split is not None:
             targets = ", ".join(target.url for target in route.split.targets)
-            to = f"split by {format_claim_path(route.split.by)}: {targets}"
+            to = f"split by {format_split_by(route.split.by)}: {targets}"
         else:
             to = route.upstream.url if route.upstream is not None else "-"
         routes.add_row(str(index), route.name, to)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import time
@@ -9,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
+from cryptography.x509.oid import NameOID
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from claimroute import errors as E
@@ -643,3 +646,198 @@ def test_an_import_failure_of_any_kind_skips_only_that_key(
     assert "u key 'broken': cannot import the key (KeyError: 'surprise')" in caplog.text
     with pytest.raises(KeyMaterialError, match="key 'broken': cannot import the key"):
         key_set_from_text(json.dumps(document), "keys.json")
+
+
+# --------------------------------------------------------------------------- X.509 certificate maps
+# {"kid": "-----BEGIN CERTIFICATE-----...", ...}: what Google and Firebase publish (e.g.
+# https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com).
+
+DAY = datetime.timedelta(days=1)
+SIGNING = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+ENCIPHERING = x509.KeyUsage(False, False, True, False, False, False, False, False, False)
+
+
+def certificate_pem(
+    private: Any,
+    *,
+    valid_from: datetime.timedelta = -DAY,
+    valid_to: datetime.timedelta = 14 * DAY,
+    key_usage: x509.KeyUsage | None = None,
+) -> str:
+    """A self-signed certificate of `private`'s public key, valid from now+valid_from to
+    now+valid_to, as PEM text."""
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securetoken.test")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + valid_from)
+        .not_valid_after(now + valid_to)
+    )
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    plain = isinstance(private, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+    certificate = builder.sign(private, None if plain else hashes.SHA256())
+    return certificate.public_bytes(PEM).decode("ascii")
+
+
+def test_a_certificate_map_gives_each_certificate_key_its_kid(
+    rsa_private: rsa.RSAPrivateKey,
+) -> None:
+    ec_private = ec.generate_private_key(ec.SECP384R1())
+    ed_private = ed25519.Ed25519PrivateKey.generate()
+    document = {
+        "rsa-kid": certificate_pem(rsa_private),
+        "ec-kid": certificate_pem(ec_private, key_usage=SIGNING),
+        "ed-kid": certificate_pem(ed_private),
+    }
+    key_set = key_set_from_text(json.dumps(document), "google.json")
+    assert key_set.kids == ["rsa-kid", "ec-kid", "ed-kid"]
+    by_kid = {key.kid: key for key in key_set.keys}
+    assert by_kid["rsa-kid"].algorithms == RSA_SET
+    assert by_kid["ec-kid"].algorithms == {"ES384"}
+    assert by_kid["ed-kid"].algorithms == {"EdDSA", "Ed25519"}
+    rsa_key = by_kid["rsa-kid"].key.public_key
+    assert rsa_key.public_numbers() == rsa_private.public_key().public_numbers()
+    # The provider's allowlist narrows them like any other key.
+    narrowed = key_set_from_text(json.dumps(document), "g", allowed_algorithms=["RS256"])
+    assert narrowed.kids == ["rsa-kid"] and narrowed.keys[0].algorithms == {"RS256"}
+    # A parsed document (a remote body) is detected the same way.
+    remote = key_set_from_jwks(document, "https://idp/x509", allow_oct=False, strict=False)
+    assert remote.kids == key_set.kids
+    # The public form of such a set is a JWKS (for claimroute.keys).
+    assert [k["kid"] for k in json.loads(public_jwks_json(key_set))["keys"]] == key_set.kids
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+async def test_tokens_signed_by_a_certificate_key_verify(alg: str, tmp_path: Path) -> None:
+    corp = TestIssuer("corp", alg)
+    (tmp_path / "certs.json").write_text(
+        json.dumps({corp.kid: certificate_pem(corp.private_key), "other": certificate_pem(
+            ec.generate_private_key(ec.SECP256R1())
+        )})
+    )  # fmt: skip
+    policy = load_policy_text(
+        f"version: 1\nproviders:\n  corp:\n    issuer: {corp.issuer}\n"
+        "    jwks: {file: certs.json}\n",
+        "policy.yaml",
+        tmp_path,
+    )
+    sources: dict[str, Any] = {"corp": StaticKeySource(policy.providers["corp"].jwks.key_set, "t")}
+    verified = await verify_token(corp.mint("alice"), policy, sources, time.time())
+    assert verified.claims["sub"] == "alice"
+    # The kid pins the certificate: the same token under the other kid fails.
+    with pytest.raises(Rejection) as caught:
+        await verify_token(corp.mint("a", header={"kid": "other"}), policy, sources, time.time())
+    assert caught.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("window", "reason"),
+    [
+        ((-30 * DAY, -DAY), "the certificate expired at"),
+        ((DAY, 30 * DAY), "the certificate is not valid before"),
+    ],
+    ids=["expired", "not-yet-valid"],
+)
+def test_a_certificate_out_of_its_validity_is_a_load_error_in_a_local_set(
+    window: tuple[datetime.timedelta, datetime.timedelta], reason: str, tmp_path: Path
+) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    document = {
+        "good": certificate_pem(private),
+        "stale": certificate_pem(private, valid_from=window[0], valid_to=window[1]),
+    }
+    (tmp_path / "certs.json").write_text(json.dumps(document))
+    text = "version: 1\nproviders:\n  corp:\n    issuer: https://corp.test\n    jwks:\n"
+    text += "      file: certs.json\n"
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text, "policy.yaml", tmp_path)
+    error = caught.value
+    assert (error.key_path, error.line) == ("providers.corp.jwks.file", 6)
+    assert f"certs.json certificate 'stale': {reason}" in error.reason
+    # Inline too: local sets are strict.
+    inline = text.replace("      file: certs.json\n", f"      inline: {json.dumps(document)}\n")
+    with pytest.raises(PolicyError, match=f"inline key certificate 'stale': {reason}"):
+        load_policy_text(inline, "policy.yaml", tmp_path)
+    # Read at a time inside its window, the same set is fine.
+    inside = time.time() + (window[0] + window[1]).total_seconds() / 2
+    assert key_set_from_text(json.dumps({"stale": document["stale"]}), "x", now=inside).kids == [
+        "stale"
+    ]
+
+
+def test_a_remote_set_skips_an_out_of_date_certificate_with_an_escaped_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    hostile_kid = "old\n2024-01-01 INFO forged\x1b[31m"
+    document = {
+        hostile_kid: certificate_pem(private, valid_from=-30 * DAY, valid_to=-DAY),
+        "future": certificate_pem(private, valid_from=DAY, valid_to=2 * DAY),
+        "good": certificate_pem(private),
+    }
+    with caplog.at_level(logging.INFO, logger="claimroute.keys"):
+        key_set = key_set_from_jwks(document, "https://idp/x509", allow_oct=False, strict=False)
+    assert key_set.kids == ["good"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and all(m.isprintable() for m in messages)
+    assert (
+        "certificate 'old\\n2024-01-01 INFO forged\\x1b[31m': the certificate expired"
+        in (messages[0])
+    )
+    assert messages[0].endswith("; the key is skipped")
+    assert "certificate 'future': the certificate is not valid before" in messages[1]
+
+
+def test_a_certificate_whose_key_usage_excludes_signatures_is_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    document = {
+        "enc": certificate_pem(private, key_usage=ENCIPHERING),
+        "sig": certificate_pem(private, key_usage=SIGNING),
+    }
+    # Like a JWK with use: enc, in local and remote sets alike: skipped and logged, no error.
+    with caplog.at_level(logging.INFO, logger="claimroute.keys"):
+        assert key_set_from_text(json.dumps(document), "local.json").kids == ["sig"]
+    assert "local.json certificate 'enc': skipped a certificate whose key usage" in caplog.text
+    remote = key_set_from_jwks(document, "u", allow_oct=False, strict=False)
+    assert remote.kids == ["sig"]
+    with pytest.raises(KeyMaterialError, match="holds no usable verification key"):
+        key_set_from_text(json.dumps({"enc": document["enc"]}), "local.json")
+
+
+def test_malformed_certificate_maps(rsa_private: rsa.RSAPrivateKey) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    good = certificate_pem(private)
+    small = certificate_pem(rsa.generate_private_key(65537, 1024))
+    private_pem = private.private_bytes(
+        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    cases = {
+        "two certificates": (good + good, "give exactly one certificate per kid"),
+        "a private key with it": (good + private_pem, "holds a private key"),
+        "not DER inside": (broken, "not a readable X.509 certificate"),
+        "a weak key": (small, "RSA key is 1024 bits"),
+        "not ASCII": (good.replace("CERTIFICATE-----\n", "CERTIFICATE-----\né", 1), "ASCII"),
+    }
+    for name, (value, message) in cases.items():
+        document = {"bad": value, "good": good}
+        with pytest.raises(KeyMaterialError, match=message):
+            key_set_from_text(json.dumps(document), "local.json")
+        # A remote set skips only that certificate.
+        remote = key_set_from_jwks(document, "u", allow_oct=False, strict=False)
+        assert remote.kids == ["good"], name
+    # An object that is not entirely certificates is no certificate map, nor anything else.
+    for document in ({"good": good, "other": "text"}, {"good": good, "n": 1}, {}):
+        with pytest.raises(KeyMaterialError, match=r"nor a map of kid to X\.509 certificate PEM"):
+            key_set_from_jwks(document, "u", allow_oct=False, strict=False)
+    # The key cap counts certificates before any is read.
+    many = {f"k{i}": "-----BEGIN CERTIFICATE-----junk" for i in range(101)}
+    with pytest.raises(KeyMaterialError, match="lists 101 certificates; at most 100"):
+        key_set_from_jwks(many, "u", allow_oct=False, strict=False, max_keys=100)

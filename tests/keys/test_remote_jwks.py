@@ -729,3 +729,148 @@ async def test_a_refetch_of_thousands_of_keys_does_not_hold_the_event_loop(
     fresh, longest_gap = await _loop_gaps_while(source.keys_for_kid("bulk-7"))
     assert fresh is not None and len(fresh.kids) == 2834
     assert longest_gap < 0.1, longest_gap
+
+
+# -- max_stale: a bound on how long keys outlive the last good fetch ---------------------------
+
+
+class FakeClock:
+    """A monotonic clock the test moves; the source reads it for ages and schedules."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_keys_older_than_max_stale_are_dropped_until_a_fetch_succeeds(
+    corp: TestIssuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = JwksServer(corp)
+    await server.start()
+    policy = load_policy_text(
+        f"version: 1\nproviders:\n  corp:\n    issuer: {corp.issuer}\n"
+        f'    jwks: {{url: "{server.jwks_url("corp")}", timeout: 1s, cache_duration: 10s,'
+        " max_stale: 30s}\n",
+        "policy.yaml",
+        tmp_path,
+    )
+    config = policy.providers["corp"].jwks
+    assert isinstance(config, RemoteJwks) and config.max_stale == 30.0
+    clock = FakeClock()
+    source = RemoteKeySource(config, name="corp", clock=clock, min_refetch_interval=0.1)
+    sources: dict[str, Any] = {"corp": source}
+    token = corp.mint("alice")
+    try:
+        good = await started(source)
+        state = source.state()
+        assert (state["max_stale"], state["stale"], state["stale_drops"]) == (30.0, False, 0)
+        await server.stop()  # the identity provider goes away
+
+        clock.now += 30.0  # exactly max_stale: still in use
+        assert source.current() is good
+        assert (await verify_token(token, policy, sources, time.time())).claims["sub"] == "alice"
+
+        clock.now += 0.5  # past it: dropped, and tokens are refused as with no keys at all
+        with caplog.at_level(logging.WARNING, logger="claimroute.jwks"):
+            assert source.current() is None
+        assert "corp: no successful JWKS fetch from" in caplog.text
+        assert "for 30.5s (max_stale 30s): keys dropped" in caplog.text
+        with pytest.raises(Rejection) as caught:
+            await verify_token(token, policy, sources, time.time())
+        assert (caught.value.status, caught.value.reason) == (401, E.JWKS_FETCH_FAILED)
+        state = source.state()
+        assert (state["kids"], state["stale"], state["stale_drops"]) == ([], True, 1)
+        assert state["failures"] >= 1 and state["last_error"]
+
+        # Back up: the next request's fetch (or the background retry) brings the keys back.
+        await server.start()
+        keys = None
+        for _ in range(100):
+            clock.now += 0.25  # time passes (request-driven fetches are rate-limited on it)
+            keys = await source.keys_for_kid(corp.kid)
+            if keys is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert keys is not None and keys.kids == [corp.kid]
+        assert (await verify_token(token, policy, sources, time.time())).claims["sub"] == "alice"
+        state = source.state()
+        assert (state["stale"], state["stale_drops"]) == (False, 1)
+        assert state["age_seconds"] is not None and state["age_seconds"] < 1
+    finally:
+        source.close()
+        await server.stop()
+
+
+async def test_without_max_stale_keys_are_kept_however_old(
+    server: JwksServer, make_source: MakeSource
+) -> None:
+    clock = FakeClock()
+    source = make_source(server.jwks_url("corp"), clock=clock)
+    good = await started(source)
+    await server.stop()
+    clock.now += 10 * 365 * 86400.0
+    assert source.current() is good
+    assert source.state()["max_stale"] is None and source.state()["stale"] is False
+
+
+# -- a map of kid to X.509 certificate at a URL --------------------------------------------------
+
+
+def certificate_pem(private: Any, *, days_from: float = -1, days_to: float = 14) -> str:
+    """A self-signed certificate of `private`'s public key (valid now+days_from..now+days_to)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securetoken.test")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=days_from))
+        .not_valid_after(now + datetime.timedelta(days=days_to))
+        .sign(private, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+async def test_a_certificate_map_at_a_url_is_read_and_an_expired_certificate_skipped(
+    scripted: ScriptedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corp = TestIssuer("corp", "RS256")
+    old = TestIssuer("corp", "RS256")  # the same issuer's previous key, its certificate expired
+    document = {
+        corp.kid: certificate_pem(corp.private_key),
+        "expired": certificate_pem(old.private_key, days_from=-30, days_to=-1),
+    }
+    scripted.serve_json("/x509", document)
+    url = f"{scripted.url}/x509"
+    policy = load_policy_text(
+        f"version: 1\nproviders:\n  corp:\n    issuer: {corp.issuer}\n"
+        f'    jwks: {{url: "{url}", timeout: 1s}}\n',
+        "policy.yaml",
+        tmp_path,
+    )
+    sources = build_key_sources(policy)
+    source = sources["corp"]
+    assert isinstance(source, RemoteKeySource)
+    try:
+        with caplog.at_level(logging.WARNING, logger="claimroute"):
+            keys = await started(source)
+        assert keys.kids == [corp.kid] and source.failures == 0
+        assert f"{url} certificate 'expired': the certificate expired at" in caplog.text
+        verified = await verify_token(corp.mint("alice"), policy, sources, time.time())
+        assert verified.claims["sub"] == "alice"
+        refused = old.mint("mallory", header={"kid": "expired"})
+        with pytest.raises(Rejection) as caught:
+            await verify_token(refused, policy, sources, time.time())
+        assert (caught.value.status, caught.value.reason) == (401, E.JWT_KID_NOT_FOUND)
+    finally:
+        source.close()

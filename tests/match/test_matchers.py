@@ -856,3 +856,89 @@ def test_policy_regexes_compare_by_text():
     assert matcher("{regex: 'a+'}") == matcher("{regex: 'a+'}")
     assert matcher("{regex: 'a+'}") != matcher("{regex: 'a*'}")
     assert repr(matcher("{regex: 'a+'}").pattern) == "PolicyRegex('a+')"
+
+
+# --- has_word: space-delimited claims (RFC 6749 §3.3 scope) ------------------------------------
+
+
+def test_has_word_splits_a_string_on_spaces():
+    check(
+        "{has_word: admin}",
+        [
+            ("read admin", True),
+            ("admin", True),
+            ("admin read", True),
+            ("read  admin ", True),  # doubled and trailing spaces are no words
+            ("superadmin", False),  # `contains` would match: a substring test
+            ("admins read", False),
+            ("read:admin", False),
+            ("Admin", False),  # case-sensitive, as scope tokens are
+            ("read\tadmin", False),  # only U+0020 separates scope tokens
+            ("", False),
+        ],
+    )
+    assert matcher("{contains: admin}").matches("superadmin")  # what the docs warn about
+
+
+def test_has_word_on_a_list_claim_looks_at_every_string_element():
+    check(
+        "{has_word: admin}",
+        [
+            (["read", "admin"], True),
+            (["read admin"], True),  # a list of space-delimited strings
+            (["read", "superadmin"], False),
+            ([["admin"]], False),  # nested lists are not looked into
+            ([1, True, None], False),
+            ([], False),
+        ],
+    )
+
+
+@pytest.mark.parametrize("value", [MISSING, None, 1, True, {"admin": 1}, {"scope": "admin"}])
+def test_has_word_never_matches_other_values(value):
+    assert not matcher("{has_word: admin}").matches(value)
+    assert matcher("{not: {has_word: admin}}").matches(value)
+
+
+def test_has_word_composes_and_reads_like_the_policy():
+    both = matcher("{all_of: [{has_word: read}, {has_word: write}]}")
+    assert both.matches("write read") and not both.matches("read")
+    assert repr(matcher("{has_word: admin}")) == 'has_word("admin")'
+    assert matcher("{has_word: a}") == matcher("{has_word: a}") != matcher("{has_word: b}")
+    assert "has_word" in OPERATORS
+
+
+def test_has_word_on_headers_and_claims_matchers():
+    compiled = headers_matcher("headers: {x-scopes: {has_word: admin}}")
+    assert compiled.matches(getter({"x-scopes": "read admin"}))
+    assert not compiled.matches(getter({"x-scopes": "superadmin"}))
+    assert not compiled.matches(getter({}))
+    claims = claims_matcher("claims: {scope: {has_word: 'pets:write'}, scp: {has_word: x}}")
+    assert claims.matches({"scope": "pets:read pets:write", "scp": ["y", "x"]})
+    assert not claims.matches({"scope": "pets:read", "scp": ["x"]})
+    assert not claims.matches(None)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("{has_word: ''}", "has_word needs a word, got an empty string"),
+        ("{has_word: 'read admin'}", "has_word takes one word"),
+        ("{has_word: ' admin'}", "has_word takes one word"),
+        ("{has_word: 3}", "has_word needs a string, got an integer"),
+        ("{has_word: [admin]}", "has_word needs a string, got a list"),
+        ("{has_word: null}", "has_word needs a string"),
+    ],
+)
+def test_has_word_load_errors_name_key_path_and_line(spec, fragment):
+    error = rbac_error(spec)
+    assert error.key_path == GROUPS + ".has_word"
+    assert error.line == 7
+    assert fragment in error.reason
+
+
+def test_has_word_header_load_error():
+    value, root = parse_yaml_text("headers:\n  x-scopes: {has_word: 'a b'}\n", "p.yaml")
+    with pytest.raises(PolicyError) as info:
+        compile_headers(value["headers"], root / "headers")
+    assert (info.value.key_path, info.value.line) == ("headers.x-scopes.has_word", 2)

@@ -266,3 +266,111 @@ async def test_forward_payload_header_carries_the_payload_segment_on_every_reque
         assert headers["x-jwt-payload"] == token.split(".")[1]
         padded = headers["x-jwt-payload"] + "=" * (-len(headers["x-jwt-payload"]) % 4)
         assert json.loads(base64.urlsafe_b64decode(padded))["sub"] == headers["x-user"] == "ann"
+
+
+COHORT_POLICY = """\
+version: 1
+providers:
+  corp:
+    issuer: https://corp.test
+    jwks: {file: corp.jwks.json}
+    claims_to_headers: [{claim: sub, header: x-user}]
+validation: allow_missing
+rbac:
+  default_action: allow
+  policies:
+    - name: admin-needs-the-word
+      action: deny
+      principals: [{claims: {scope: {not: {has_word: admin}}}}]
+      permissions: {paths: [{prefix: /admin}]}
+routes:
+  - name: admins
+    match: {claims: {scope: {has_word: admin}}, paths: [{prefix: /admin}]}
+    cohort_header: x-cohort
+    upstream: http://admin:1
+  - name: tenants
+    match: {authenticated: true, paths: [{prefix: /api}]}
+    cohort_header: x-cohort
+    baggage: true
+    split:
+      by: [tenant, sub]
+      fallback_by: sub
+      salt: s
+      to: [{upstream: "http://a:1", weight: 1}, {upstream: "http://b:1", weight: 1}]
+"""
+
+
+@pytest.fixture(scope="module")
+def cohort_policy(folder: Path) -> Policy:
+    return load_policy_text(COHORT_POLICY, str(folder / "cohort.yaml"), folder)
+
+
+cohort_callers = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "sub": st.sampled_from(["ann", "bob", 7]),
+            "tenant": st.sampled_from(["acme", "beta", None, ["x", "y"]]),
+            "scope": st.sampled_from(["read admin", "superadmin", "admin", ["admin"], 3]),
+        },
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(claims=cohort_callers, request=requests)
+def test_identity_answers_with_has_word_and_a_two_claim_split(cohort_policy, claims, request):
+    corp = cohort_policy.providers["corp"]
+    identity = identity_of(cohort_policy, corp, claims) if claims is not None else None
+    identity = identity or cohort_policy.anonymous
+    chosen = route_for(cohort_policy.routes, request, identity.route_choices)
+    assert chosen == reference_route(cohort_policy, request, claims)
+    assert choose_route(cohort_policy.routes, request, claims) == chosen
+
+
+async def test_the_cohort_header_and_baggage_are_set_on_misses_and_hits(cohort_policy, make_issuer):
+    from claimroute.pipeline.decide import decide
+    from claimroute.pipeline.keysources import build_key_sources
+    from claimroute.pipeline.tokencache import TokenCache
+    from claimroute.policy.routes import bucket_of
+
+    sources = build_key_sources(cohort_policy)
+    corp = make_issuer("corp", "RS256", issuer="https://corp.test")
+    now = 1_800_000_000
+    cache = TokenCache()
+
+    async def answer(path: str, token: str | None, **headers: str):
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        view = RequestView("GET", "http", "api.test", 80, path, (), Headers(**headers), ())
+        return await decide(view, cohort_policy, sources, float(now), cache)
+
+    token = corp.mint("ann", {"tenant": "acme", "scope": "read admin"}, now=now)
+    bucket = bucket_of("s", "tenants", '["acme","ann"]')
+    target = "http://a:1" if bucket < 5000 else "http://b:1"
+    cohort = f"route=tenants; target={target}; bucket={bucket:04d}"
+    members = f"claimroute.route=tenants,claimroute.target={target},claimroute.bucket={bucket:04d}"
+    for expected_cache in ("miss", "hit"):
+        decision = await answer("/api/x", token, baggage="claimroute.route=admins, u=1")
+        assert decision.allowed and decision.cache == expected_cache
+        assert decision.route is not None and decision.route.bucket == bucket
+        assert decision.set_headers == (
+            ("x-user", "ann"), ("x-cohort", cohort), ("baggage", f"u=1,{members}"),
+        )  # fmt: skip
+    admin = await answer("/admin/x", token)
+    assert admin.set_headers == (
+        ("x-user", "ann"),
+        ("x-cohort", "route=admins; target=http://admin:1"),
+    )
+    # `superadmin` is not the word `admin`: RBAC denies, and no route would have taken it
+    other = corp.mint("bob", {"scope": "superadmin"}, now=now)
+    denied = await answer("/admin/x", other)
+    assert denied.rejection is not None and denied.rejection.status == 403
+    # no tenant: fallback_by sub
+    fallback = await answer("/api/x", other)
+    assert fallback.route is not None and fallback.route.bucket == bucket_of("s", "tenants", "bob")
+    # anonymous, no route: no cohort, but forged claimroute.* members go
+    anonymous = await answer("/elsewhere", None, baggage="claimroute.target=http://a:1,k=v")
+    assert anonymous.route is None and anonymous.set_headers == (("baggage", "k=v"),)
+    assert (await answer("/elsewhere", None, baggage="k=v")).set_headers == ()

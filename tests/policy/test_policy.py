@@ -748,3 +748,63 @@ def test_policy_regexes_are_linear_and_full_matches(keydir: Path) -> None:
     assert paths.matches("/pub/anything")
     assert principal.claims.matches({"email": "ann.lee@corp.test"})
     assert not principal.claims.matches({"email": "ann.lee@corp.test.evil"})
+
+
+# -- cors_preflight and max_stale ---------------------------------------------------------------
+
+
+def test_cors_preflight_defaults_to_verify_and_takes_bypass(keydir: Path) -> None:
+    assert load_policy_text(one_provider(), NAME, base=keydir).cors_preflight_bypass is False
+    verify = one_provider() + "cors_preflight: verify\n"
+    assert load_policy_text(verify, NAME, base=keydir).cors_preflight_bypass is False
+    bypass = one_provider() + "cors_preflight: bypass\n"
+    assert load_policy_text(bypass, NAME, base=keydir).cors_preflight_bypass is True
+
+
+@pytest.mark.parametrize("value", ["true", "allow", "Bypass", "''", "[bypass]"])
+def test_cors_preflight_wrong_value_is_located(keydir: Path, value: str) -> None:
+    text = one_provider() + f"cors_preflight: {value}\n"
+    exc = policy_error(text, keydir)
+    assert_located(exc, key_path="cors_preflight", line=line_of(text, "cors_preflight"))
+
+
+def test_max_stale_is_parsed_and_defaults_to_no_bound(tmp_path: Path) -> None:
+    plain = one_provider(jwks="url: https://idp/jwks")
+    jwks = load_policy_text(plain, NAME, base=tmp_path).providers["corp"].jwks
+    assert isinstance(jwks, RemoteJwks) and jwks.max_stale is None
+    text = one_provider(jwks="url: https://idp/jwks\n      cache_duration: 1m\n      max_stale: 1h")
+    jwks = load_policy_text(text, NAME, base=tmp_path).providers["corp"].jwks
+    assert isinstance(jwks, RemoteJwks) and jwks.max_stale == 3600.0
+    equal = one_provider(jwks="url: https://idp/jwks\n      cache_duration: 2s\n      max_stale: 2")
+    jwks = load_policy_text(equal, NAME, base=tmp_path).providers["corp"].jwks
+    assert isinstance(jwks, RemoteJwks) and jwks.max_stale == 2.0
+    discovery = one_provider(jwks="discovery: true\n      max_stale: 1d")
+    jwks = load_policy_text(discovery, NAME, base=tmp_path).providers["corp"].jwks
+    assert isinstance(jwks, RemoteJwks) and jwks.max_stale == 86400.0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("0", "must be more than 0"),
+        ("0s", "must be more than 0"),
+        ("-5m", "expected a duration"),
+        ("-1", "cannot be negative"),
+        ("4m", "must be at least cache_duration (300s)"),
+        ("299.5", "must be at least cache_duration (300s)"),
+        (".inf", "finite"),
+        ("soon", "expected a duration"),
+    ],
+)
+def test_max_stale_bad_values_are_located(tmp_path: Path, value: str, reason: str) -> None:
+    text = one_provider(jwks=f"url: https://idp/jwks\n      max_stale: {value}")
+    exc = policy_error(text, tmp_path)
+    assert_located(exc, key_path="providers.corp.jwks.max_stale", line=line_of(text, "max_stale"))
+    assert reason in exc.reason
+
+
+def test_max_stale_with_local_keys_is_located(keydir: Path) -> None:
+    text = one_provider(jwks="file: keys/corp.jwks.json\n      max_stale: 1h")
+    exc = policy_error(text, keydir)
+    assert_located(exc, key_path="providers.corp.jwks.max_stale", line=line_of(text, "max_stale"))
+    assert "only applies to a remote JWKS" in exc.reason

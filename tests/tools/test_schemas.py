@@ -413,6 +413,25 @@ INVALID_POLICIES: list[tuple[str, str]] = [
     ("routes as a mapping", pol(routes="{r: {upstream: 'http://a'}}")),
 ]
 
+# has_word, splits by several claims, the cohort header and baggage
+SPLIT_TO = "to: [{upstream: http://a, weight: 1}]"
+INVALID_POLICIES += [
+    ("has_word empty", pol(routes=claims("{has_word: ''}"))),
+    ("has_word with a space", pol(routes=claims("{has_word: 'read admin'}"))),
+    ("has_word a number", pol(routes=claims("{has_word: 3}"))),
+    ("split by an empty list", pol(routes=route(f"split: {{by: [], {SPLIT_TO}}}"))),
+    ("split by a claim twice", pol(routes=route(f"split: {{by: [sub, sub], {SPLIT_TO}}}"))),
+    (
+        "split by a bad path in a list",
+        pol(routes=route(f"split: {{by: [sub, 'a..b'], {SPLIT_TO}}}")),
+    ),
+    ("fallback_by an empty path", pol(routes=route(f"split: {{fallback_by: '', {SPLIT_TO}}}"))),
+    ("cohort_header not a name", pol(routes=route("upstream: http://a, cohort_header: 'x y'"))),
+    ("cohort_header host", pol(routes=route("upstream: http://a, cohort_header: Host"))),
+    ("cohort_header baggage", pol(routes=route("upstream: http://a, cohort_header: baggage"))),
+    ("baggage as a string", pol(routes=route("upstream: http://a, baggage: 'yes'"))),
+]
+
 SCENARIO_POLICY = """
   version: 1
   providers:
@@ -661,6 +680,20 @@ UNUSUAL_POLICIES: list[tuple[str, str]] = [
                 "split: {by: [a.b, c], salt: '', to: [{upstream: 'http://a:1', weight: 0}, "
                 "{upstream: 'https://b', weight: 3}]}, preserve_host: true"
             ),
+        ),
+    ),
+]
+
+UNUSUAL_POLICIES += [
+    (
+        "has_word, a split by several claims with fallback_by, cohort header and baggage",
+        pol(
+            routes="[{name: r, match: {claims: {scope: {has_word: 'pets:write'}}}, "
+            "cohort_header: X-Cohort, baggage: true, split: {by: [tenant, "
+            "[kubernetes.io, namespace]], fallback_by: [sub], "
+            "to: [{upstream: 'http://a:1', weight: 1}]}}, "
+            "{name: s, cohort_header: x-cohort, baggage: false, upstream: 'http://b:1', "
+            "match: {headers: {x-scopes: {has_word: admin}}}}]"
         ),
     ),
 ]

@@ -9,16 +9,24 @@ EC or OKP key can never become an HMAC secret (RFC 8725 §3.1), and HMAC keys co
 The work one token can cause is bounded: a token whose `kid` does not pin a key is tried against
 at most `MAX_UNPINNED_KEYS` keys (a set with more candidates refuses it without trying any), and
 callers that take sets from elsewhere cap their size (`max_keys`) before importing anything.
+
+Besides JWKS, a JWK and a PEM public key, a set may be a JSON object mapping each kid to an
+X.509 certificate in PEM (the form Google and Firebase publish, and Envoy reads): each
+certificate's public key is a key with that kid. The certificate is only a container: its
+signature and issuer are not checked (trust comes from where the policy says to read it), but
+its validity period (when the set is read) and its key usage are.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from joserfc.errors import JoseError
@@ -49,6 +57,7 @@ _OKP_CURVES = frozenset({*OKP_ALGORITHMS, "X25519", "X448"})
 _PEM_EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _SHOWN_KID_CHARS = 64
 _SHOWN_LOG_CHARS = 500
+_CERTIFICATE_BEGIN = "-----BEGIN CERTIFICATE-----"
 
 
 class KeyMaterialError(ValueError):
@@ -272,14 +281,17 @@ def key_set_from_jwks(
     allowed_algorithms: Collection[str] | None = None,
     strict: bool = True,
     max_keys: int | None = None,
+    now: float | None = None,
 ) -> KeySet:
-    """Build a KeySet from a parsed JWKS (`{"keys": [...]}`) or a single JWK.
+    """Build a KeySet from a parsed JWKS (`{"keys": [...]}`), a single JWK, or a map of kid to
+    X.509 certificate PEM (every value a PEM certificate; see `key_set_from_certificates`).
 
     `strict` (local files): a weak, broken or unsupported key (unknown curve, unknown key type)
     is an error. Not strict (remote sets): such a key is skipped and logged with its kid and
     the reason, as RFC 7517 §5 allows, and the other keys stay usable. Either way an empty
     result, a duplicate kid, or HMAC keys mixed with public keys are errors. `max_keys`: a set
-    listing more JWKs than this is refused before any key is imported.
+    listing more JWKs than this is refused before any key is imported. `now` (default: the
+    current time) is when certificates must be valid.
     """
     if "keys" in document:
         entries = document["keys"]
@@ -287,8 +299,16 @@ def key_set_from_jwks(
             raise KeyMaterialError(f"{origin}: 'keys' must be a list")
     elif "kty" in document:
         entries = [document]
+    elif is_certificate_map(document):
+        return key_set_from_certificates(
+            document, origin, allowed_algorithms=allowed_algorithms, strict=strict,
+            max_keys=max_keys, now=now,
+        )  # fmt: skip
     else:
-        raise KeyMaterialError(f"{origin}: neither a JWKS (with 'keys') nor a JWK (with 'kty')")
+        raise KeyMaterialError(
+            f"{origin}: neither a JWKS (with 'keys'), a JWK (with 'kty') nor a map of kid to "
+            "X.509 certificate PEM"
+        )
     if max_keys is not None and len(entries) > max_keys:
         raise KeyMaterialError(
             f"{origin}: lists {len(entries)} keys; at most {max_keys} are accepted"
@@ -354,29 +374,135 @@ def key_set_from_pem(
         public = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
         raise KeyMaterialError(f"{origin}: not a readable PEM public key ({exc})") from None
+    key = _import_public_key(public, data, origin)
+    vkey = _verification_key(key, kid=None, jwk_alg=None, allowed=allowed_algorithms, origin=origin)
+    return _finish([vkey] if vkey else [], origin)
+
+
+def _import_public_key(public: Any, pem: bytes, origin: str) -> RSAKey | ECKey | OKPKey:
+    """The joserfc key for `public`, a `cryptography` public key read from `pem`."""
     key: RSAKey | ECKey | OKPKey
     if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in _PEM_EC_CURVES:
         # joserfc raises KeyError for the curves it does not know
         raise KeyMaterialError(f"{origin}: EC curve {public.curve.name} is not supported")
     try:
         if isinstance(public, rsa.RSAPublicKey):
-            key = RSAKey.import_key(data)
+            key = RSAKey.import_key(pem)
         elif isinstance(public, ec.EllipticCurvePublicKey):
-            key = ECKey.import_key(data)
+            key = ECKey.import_key(pem)
         elif isinstance(public, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key = OKPKey.import_key(data)
+            key = OKPKey.import_key(pem)
         else:
             raise KeyMaterialError(f"{origin}: PEM key type {type(public).__name__} not supported")
     except Exception as exc:  # a policy load error, never a traceback
         raise _as_key_error(exc, origin) from None
-    vkey = _verification_key(key, kid=None, jwk_alg=None, allowed=allowed_algorithms, origin=origin)
-    return _finish([vkey] if vkey else [], origin)
+    return key
+
+
+def is_certificate_map(document: Mapping[str, Any]) -> bool:
+    """Whether a JSON object is a map of kid to X.509 certificate PEM: not empty, and every
+    value a string that starts (after whitespace) with a PEM certificate header."""
+    if not document or "keys" in document or "kty" in document:
+        return False
+    for value in document.values():
+        if not isinstance(value, str) or not value.lstrip().startswith(_CERTIFICATE_BEGIN):
+            return False
+    return True
+
+
+def key_set_from_certificates(
+    document: Mapping[str, Any],
+    origin: str,
+    *,
+    allowed_algorithms: Collection[str] | None = None,
+    strict: bool = True,
+    max_keys: int | None = None,
+    now: float | None = None,
+) -> KeySet:
+    """Build a KeySet from a map of kid to X.509 certificate PEM (Google's and Firebase's form).
+
+    Each certificate's public key becomes a key with that kid, under the rules for PEM keys
+    (type, size, curve, `allowed_algorithms`). A certificate whose key usage excludes digital
+    signatures is skipped and logged, like a JWK with `use: enc`. One outside its validity
+    period at `now`, or unreadable, or with an unusable key, is an error when `strict` (local
+    sets) and skipped with a warning otherwise (remote sets). Each value must hold exactly one
+    certificate and no private key.
+    """
+    if max_keys is not None and len(document) > max_keys:
+        raise KeyMaterialError(
+            f"{origin}: lists {len(document)} certificates; at most {max_keys} are accepted"
+        )
+    when = time.time() if now is None else now
+    keys: list[VerificationKey] = []
+    for kid, pem in document.items():
+        where = f"{origin} certificate {_shown(kid)}"
+        try:
+            key = _certificate_key(pem, where, when)
+            if key is None:
+                continue
+            verification_key = _verification_key(
+                key, kid=kid, jwk_alg=None, allowed=allowed_algorithms, origin=where
+            )
+        except Exception as exc:  # untrusted key material: cryptography may raise anything
+            error = _as_key_error(exc, where)
+            if strict:
+                raise error from None
+            log.warning("%s; the key is skipped", log_safe(error, _SHOWN_LOG_CHARS))
+            continue
+        if verification_key is not None:
+            keys.append(verification_key)
+    return _finish(keys, origin)
+
+
+def _certificate_key(pem: str, where: str, now: float) -> RSAKey | ECKey | OKPKey | None:
+    """The public key of one PEM certificate; None (logged) when its key usage excludes
+    digital signatures. Raises KeyMaterialError for anything unusable."""
+    if not pem.isascii():
+        raise KeyMaterialError(f"{where}: a PEM certificate is ASCII text")
+    data = pem.encode("ascii")
+    if b"PRIVATE KEY" in data:
+        raise KeyMaterialError(f"{where}: holds a private key; give the proxy only certificates")
+    if data.count(b"-----BEGIN") != 1:
+        raise KeyMaterialError(f"{where}: give exactly one certificate per kid")
+    try:
+        certificate = x509.load_pem_x509_certificate(data)
+        not_before = certificate.not_valid_before_utc
+        not_after = certificate.not_valid_after_utc
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    except ValueError as exc:
+        raise KeyMaterialError(f"{where}: not a readable X.509 certificate ({exc})") from None
+    if now < not_before.timestamp():
+        raise KeyMaterialError(
+            f"{where}: the certificate is not valid before {not_before:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    if now > not_after.timestamp():
+        raise KeyMaterialError(
+            f"{where}: the certificate expired at {not_after:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    if usage is not None and not usage.digital_signature:
+        log.info(
+            "%s: skipped a certificate whose key usage excludes digital signatures",
+            log_safe(where),
+        )
+        return None
+    public = certificate.public_key()
+    spki = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _import_public_key(public, spki, where)
 
 
 def key_set_from_text(
-    text: str | bytes, origin: str, *, allowed_algorithms: Collection[str] | None = None
+    text: str | bytes,
+    origin: str,
+    *,
+    allowed_algorithms: Collection[str] | None = None,
+    now: float | None = None,
 ) -> KeySet:
-    """Parse configured key material: a JWKS, a single JWK or a PEM public key."""
+    """Parse configured key material: a JWKS, a single JWK, a PEM public key, or a map of kid
+    to X.509 certificate PEM (its certificates valid at `now`, default the current time)."""
     data = text.encode("utf-8") if isinstance(text, str) else text
     stripped = data.lstrip()
     if stripped.startswith(b"-----BEGIN"):
@@ -388,8 +514,9 @@ def key_set_from_text(
     if not isinstance(document, dict):
         raise KeyMaterialError(f"{origin}: JSON key material must be an object")
     return key_set_from_jwks(
-        document, origin, allow_oct=True, allowed_algorithms=allowed_algorithms, strict=True
-    )
+        document, origin, allow_oct=True, allowed_algorithms=allowed_algorithms, strict=True,
+        now=now,
+    )  # fmt: skip
 
 
 def public_jwks_json(key_set: KeySet) -> str:
@@ -399,5 +526,8 @@ def public_jwks_json(key_set: KeySet) -> str:
         if vkey.key_type == "oct":
             out.append({"kty": "oct", "kid": vkey.kid, "alg": sorted(vkey.algorithms)})
         else:
-            out.append(vkey.key.as_dict(private=False))
+            jwk = vkey.key.as_dict(private=False)
+            if vkey.kid is not None:  # keys from a PEM certificate carry their kid only here
+                jwk.setdefault("kid", vkey.kid)
+            out.append(jwk)
     return json.dumps({"keys": out})

@@ -7,6 +7,11 @@ A request waits (briefly, bounded) only when there are no keys yet or its kid is
 unknown kid triggers at most one refetch per `min_refetch_interval`, shared by every caller
 (single flight), so a flood of random kids costs at most one fetch per interval.
 
+With `max_stale`, keys whose last successful fetch is older than that are dropped: the source
+then behaves as before its first fetch (requests wait briefly for a fetch, then get None, so
+`401 Jwks remote fetch is failed`) until a fetch succeeds again. The age is checked whenever
+the keys are read, so they are never used past the bound, whatever the refresh loop is doing.
+
 Fetch rules (conformance §4, K1-K6): a total timeout per HTTP request, a 512 KiB body cap read
 incrementally, status 200 only, strict JSON, at most `MAX_KEYS` JWKs, no `oct` keys, unusable
 keys skipped (one bad key never costs the others), and an empty result counts as a failure.
@@ -92,6 +97,8 @@ class RemoteKeySource:
         self._backoff_cap = min(BACKOFF_CAP, config.cache_duration)
         self._keys: KeySet | None = None
         self._fetched_at: float | None = None  # clock() of the last success
+        self._stale_after = config.max_stale  # None: keys are kept however old
+        self.stale_drops = 0  # how many times keys were dropped for being older than max_stale
         self._jwks_url: str | None = config.url  # with discovery: the last discovered jwks_uri
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
@@ -102,6 +109,7 @@ class RemoteKeySource:
         self._consecutive_failures = 0
         self._closed = False
         self.fetches = 0
+        self.successes = 0
         self.failures = 0
         self.refetches = 0
         self.last_error: str | None = None
@@ -115,7 +123,10 @@ class RemoteKeySource:
     # -- KeySource protocol -----------------------------------------------------------------
 
     def current(self) -> KeySet | None:
-        """The last good key set, or None if no fetch has succeeded yet. Never blocks."""
+        """The last good key set, or None if no fetch has succeeded yet (or, with `max_stale`,
+        none has for that long). Never blocks."""
+        if self._stale_after is not None and self._keys is not None:
+            self._drop_if_stale()
         return self._keys
 
     async def keys_for_kid(self, kid: str | None) -> KeySet | None:
@@ -127,9 +138,9 @@ class RemoteKeySource:
         """
         try:
             if self._closed:
-                return self._keys
+                return self.current()
             self.start()  # harmless if running; covers a source used before start()
-            keys = self._keys
+            keys = self.current()
             if keys is not None and (kid is None or keys.has_kid(kid)):
                 return keys
             task = self._inflight if self._fetch_in_flight() else self._try_refetch(kid)
@@ -139,11 +150,11 @@ class RemoteKeySource:
                 await asyncio.wait({task}, timeout=self._request_wait)
         except Exception:  # the request path must only ever see a key set or None
             log.exception("%s: unexpected error while waiting for keys", self.name)
-        return self._keys
+        return self.current()
 
     def state(self) -> dict[str, Any]:
         """A JSON-able summary for `claimroute.keys.keyset` and logs."""
-        keys = self._keys
+        keys = self.current()
         age = None if self._fetched_at is None else round(self._clock() - self._fetched_at, 3)
         return {
             "source": self.source_url,
@@ -153,11 +164,34 @@ class RemoteKeySource:
             "kids": keys.kids if keys is not None else [],
             "age_seconds": age,
             "fetches": self.fetches,
+            "successes": self.successes,
             "failures": self.failures,
             "refetches": self.refetches,
             "last_error": self.last_error,
             "last_success": self.last_success,
+            "max_stale": self._stale_after,
+            # True while the keys are dropped because no fetch has succeeded for max_stale.
+            "stale": keys is None and self.stale_drops > 0,
+            "stale_drops": self.stale_drops,
         }
+
+    def _drop_if_stale(self) -> None:
+        """Drop the keys once the last successful fetch is older than `max_stale`."""
+        assert self._stale_after is not None and self._fetched_at is not None
+        age = self._clock() - self._fetched_at
+        if age <= self._stale_after:
+            return
+        self._keys = None
+        self.stale_drops += 1
+        log.warning(
+            "%s: no successful JWKS fetch from %s for %.1fs (max_stale %gs): keys dropped, "
+            "tokens are refused until a fetch succeeds%s",
+            self.name,
+            log_safe(self.source_url),
+            age,
+            self._stale_after,
+            f" (last error: {log_safe(self.last_error)})" if self.last_error else "",
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -189,6 +223,7 @@ class RemoteKeySource:
         """Prefetch now, refresh at 80% of the cache lifetime, back off after failures."""
         while True:
             try:
+                self.current()  # drops stale keys (and logs it) even while no request comes
                 if self._needs_refresh():
                     # Background refreshes re-discover (the IdP may have moved its jwks_uri).
                     await asyncio.wait({self._fetch_task(rediscover=True)})
@@ -266,6 +301,7 @@ class RemoteKeySource:
         self._keys = key_set
         self._fetched_at = self._clock()
         self.last_success = time.time()
+        self.successes += 1
         self._consecutive_failures = 0
         if previous is None or previous.kids != key_set.kids:
             log.info(
@@ -284,7 +320,10 @@ class RemoteKeySource:
         self.last_error = _describe(exc)
         if self.config.discovery:
             self._jwks_url = None  # re-discover next time: the jwks_uri may have moved
-        kept = "keeping the last good keys" if self._keys is not None else "no keys yet"
+        if self.current() is not None:
+            kept = "keeping the last good keys"
+        else:
+            kept = "no keys (dropped: older than max_stale)" if self.stale_drops else "no keys yet"
         log.warning(
             "%s: JWKS fetch from %s failed (%s); %s",
             self.name,

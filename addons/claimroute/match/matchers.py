@@ -28,6 +28,7 @@ OPERATORS = (
     "regex",
     "one_of",
     "contains",
+    "has_word",
     "present",
     "gt",
     "gte",
@@ -391,6 +392,23 @@ class Regex(_StringTest):
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class HasWord(_StringTest):
+    """`{has_word: w}`: the string, split on spaces (the `scope` syntax of RFC 6749 §3.3), has
+    the word w; on a list, any string element does. `"read admin"` has `admin`, `"superadmin"`
+    does not."""
+
+    word: str
+
+    def test(self, text: str) -> bool:
+        # Splitting on " " only (RFC 6749 §3.3: scope tokens are separated by %x20); doubled,
+        # leading or trailing spaces give empty pieces, which never equal a word.
+        return self.word in text.split(" ")
+
+    def __repr__(self) -> str:
+        return f"has_word({_show(self.word)})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class Present(Matcher):
     """`{present: bool}`: present means the value resolves and is not null."""
 
@@ -532,6 +550,16 @@ def _compile_operator(op: str, arg: Any, loc: Loc, header: bool) -> Matcher:
         if header:
             return Contains(_header_text(arg, loc))
         return Contains(arg)
+    if op == "has_word":
+        word = _operand_string(arg, loc, op)
+        if not word:
+            raise loc.error("has_word needs a word, got an empty string")
+        if " " in word:
+            raise loc.error(
+                f"has_word takes one word (values are split on spaces), got {word!r}; "
+                "to require several words use all_of: [{has_word: a}, {has_word: b}]"
+            )
+        return HasWord(word)
     if op == "present":
         if not isinstance(arg, bool):
             raise loc.error(f"present needs true or false, got {type_name(arg)}")

@@ -34,6 +34,7 @@ from claimroute.mitm.hygiene import (
     request_problem,
     trailers_problem,
 )
+from claimroute.mitm.metrics import ClaimRouteMetrics, MetricsAddressError, MetricsEndpoint
 from claimroute.mitm.reload import PolicyReloader
 from claimroute.mitm.responses import response_parts
 from claimroute.pipeline.decide import Decision, decide
@@ -46,6 +47,7 @@ log = logging.getLogger("claimroute")
 
 DRY_RUN_HEADER = "x-claimroute-rbac"
 METADATA_KEY = "claimroute"
+REFUSED_MARK = ":no_entry:"  # flow.marked on every refused flow (mitmweb: `~marker no_entry`)
 _KEY_FAILURES = frozenset({E.JWKS_FETCH_FAILED, E.JWT_KID_NOT_FOUND})
 
 
@@ -122,6 +124,8 @@ class ClaimRoute:
         self.cache: TokenCache | None = TokenCache(DEFAULT_CACHE_SIZE)
         # The policy's identity headers as lower-case bytes, computed once per policy.
         self._strip_keys: frozenset[bytes] = frozenset()
+        self.metrics = ClaimRouteMetrics(lambda: self.key_sources, lambda: self.cache)
+        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry)
 
     # -- lifecycle (all synchronous: async lifecycle hooks break mitmproxy's hot reload) ------
 
@@ -143,6 +147,10 @@ class ClaimRoute:
         loader.add_option(
             "claimroute_cache_size", int, DEFAULT_CACHE_SIZE,
             "How many verified tokens to remember (LRU); 0 disables the cache.",
+        )  # fmt: skip
+        loader.add_option(
+            "claimroute_metrics", str | None, None,
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1).",
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
@@ -184,6 +192,8 @@ class ClaimRoute:
             self._policy_path = path
             self._watch_files()
             self._start_background()
+        if "claimroute_metrics" in updated:
+            self._listen_metrics(ctx.options.claimroute_metrics)
 
     def running(self) -> None:
         if self.policy is None:
@@ -208,24 +218,29 @@ class ClaimRoute:
         for source in self.key_sources.values():
             source.close()
         self._decision_log.close()
+        self._metrics_endpoint.close()
 
     # -- the request hook -------------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return
+        started = time.perf_counter()
         try:
             await self._handle(flow)
         except Exception:
             self._refuse_internal_error(flow)
+        self.metrics.observe_request(time.perf_counter() - started)
 
     def _refuse_internal_error(self, flow: http.HTTPFlow) -> None:
         """A bug on the request path: refuse with 500 (mitmproxy would forward the request)."""
         log.exception("claimroute: internal error; refusing the request")
         flow.metadata[METADATA_KEY] = {"outcome": "denied", "reason": E.INTERNAL_ERROR,
                                        "status": 500}  # fmt: skip
+        internal = Rejection(500, E.INTERNAL_ERROR, None, challenge=False)
         try:
-            self._refuse(flow, Rejection(500, E.INTERNAL_ERROR, None, challenge=False))
+            self._refuse(flow, internal)
+            self.metrics.record(Decision("denied", E.INTERNAL_ERROR, internal))
         except Exception:
             # Even building the refusal failed: a constant answer, or no answer at all.
             log.exception("claimroute: could not build the refusal; closing the request")
@@ -316,6 +331,7 @@ class ClaimRoute:
             self._refuse_internal_error(flow)
 
     def _refuse(self, flow: http.HTTPFlow, rejection: Rejection, realm: str = "") -> None:
+        flow.marked = REFUSED_MARK
         if flow.request.stream or (self._may_stream and body_length_unknown(flow.request)):
             # A streamed request cannot get a response from here; killing it is the only way
             # to make sure the upstream sees nothing. And a body of unknown length may still
@@ -339,6 +355,7 @@ class ClaimRoute:
             record["keys"] = {name: src.state() for name, src in self.key_sources.items()}
         flow.metadata[METADATA_KEY] = record
         flow.comment = comment(decision)
+        self.metrics.record(decision)
         self._decision_log.write(flow, record, policy, self._request_id_header)
 
     # -- policy and keys --------------------------------------------------------------------
@@ -353,6 +370,15 @@ class ClaimRoute:
             self.cache.clear()
         for source in retired_sources(old, self.key_sources):
             source.close()
+
+    def _listen_metrics(self, spec: str | None) -> None:
+        self.metrics.bind_loop()  # configure runs on the proxy's loop (when it has one)
+        try:
+            self._metrics_endpoint.listen(spec)
+        except MetricsAddressError as exc:
+            raise exceptions.OptionsError(f"claimroute_metrics: {exc}") from None
+        if self._metrics_endpoint.url is not None:
+            log.info("claimroute: metrics at %s", self._metrics_endpoint.url)
 
     def _open_log(self, path: str | None) -> None:
         try:
@@ -395,6 +421,11 @@ class ClaimRoute:
     def keys_state(self) -> str:
         """The key sets in use, per provider: kids, age and fetch counters (JSON)."""
         return json.dumps({name: src.state() for name, src in self.key_sources.items()})
+
+    @command.command("claimroute.metrics")
+    def metrics_text(self) -> str:
+        """Every metric in the Prometheus text format (what `claimroute_metrics` serves)."""
+        return self.metrics.text()
 
     @command.command("claimroute.cache")
     def cache_state(self) -> str:

@@ -19,7 +19,7 @@ from claimroute.pipeline.tokencache import TokenCache
 from claimroute.pipeline.verify import verify_token
 from claimroute.policy.model import Policy
 from claimroute.policy.rbac import RbacResult
-from claimroute.policy.routes import RouteChoice, route_for
+from claimroute.policy.routes import RouteChoice, cohort_headers, route_for
 
 
 @dataclass(slots=True)
@@ -71,6 +71,19 @@ def _deny(rejection: Rejection, **fields: Any) -> Decision:
     return Decision(outcome="denied", reason=rejection.reason, rejection=rejection, **fields)
 
 
+CORS_PREFLIGHT = "cors preflight"
+
+
+def is_cors_preflight(request: RequestView) -> bool:
+    """Envoy's test for a CORS preflight: method `OPTIONS` (exactly: methods are
+    case-sensitive) with a non-empty `Origin` and a non-empty `Access-Control-Request-Method`."""
+    if request.method != "OPTIONS":
+        return False
+    origin = request.header("origin")
+    wanted = request.header("access-control-request-method")
+    return bool(origin and origin.strip() and wanted and wanted.strip())
+
+
 async def decide(
     request: RequestView,
     policy: Policy,
@@ -93,7 +106,15 @@ async def decide(
     token = found[0] if found else None
     decision: Decision
     identity: Identity
-    if token is None:
+    if policy.cors_preflight_bypass and is_cors_preflight(request):
+        # `cors_preflight: bypass`: no token needed, and one that came is neither verified nor
+        # forwarded (removed like a failed one). RBAC and routes see an anonymous caller.
+        identity = policy.anonymous
+        decision = Decision(
+            "anonymous", CORS_PREFLIGHT, token=token,
+            token_failure=None if token is None else "not verified on a CORS preflight",
+        )  # fmt: skip
+    elif token is None:
         if policy.validation == "require_valid":
             return _deny(Rejection(401, E.JWT_MISSING, None))
         identity = policy.anonymous
@@ -140,5 +161,10 @@ async def decide(
             decision.reason = E.RBAC_DENIED
             decision.rejection = Rejection(403, E.RBAC_DENIED, None, challenge=False)
             return decision
-    decision.route = route_for(policy.routes, request, identity.route_choices)
+    route = route_for(policy.routes, request, identity.route_choices)
+    decision.route = route
+    # The route's cohort header and baggage members; client claimroute.* baggage members go.
+    cohort = cohort_headers(route, request)
+    if cohort:
+        decision.set_headers += cohort
     return decision

@@ -20,6 +20,7 @@ from claimroute.keys.keyset import SUPPORTED_ALGORITHMS, KeyMaterialError, key_s
 from claimroute.match.claimpath import parse_claim_path
 from claimroute.pipeline.identity import identity_of
 from claimroute.policy.model import (
+    CORS_PREFLIGHT_MODES,
     DEFAULT_CACHE_DURATION,
     DEFAULT_CLOCK_SKEW,
     DEFAULT_FETCH_TIMEOUT,
@@ -35,13 +36,13 @@ from claimroute.policy.model import (
     TokenSource,
 )
 from claimroute.policy.rbac import parse_rbac
-from claimroute.policy.routes import parse_routes
+from claimroute.policy.routes import BAGGAGE_HEADER, Route, parse_routes
 
 _PROVIDER_KEYS = (
     "issuer", "audiences", "jwks", "algorithms", "token_source", "keep_token", "clock_skew",
     "require_expiration", "max_lifetime", "claims_to_headers", "forward_payload_header",
 )  # fmt: skip
-_JWKS_KEYS = ("file", "inline", "url", "discovery", "cache_duration", "timeout")
+_JWKS_KEYS = ("file", "inline", "url", "discovery", "cache_duration", "timeout", "max_stale")
 
 
 def _parse_algorithms(value: Any, loc: Loc) -> frozenset[str]:
@@ -67,7 +68,7 @@ def _parse_jwks(
         raise loc.error(f"give exactly one of file, inline, url, discovery: true (found: {found})")
     kind = sources[0]
     if kind in ("file", "inline"):
-        for remote_only in ("cache_duration", "timeout"):
+        for remote_only in ("cache_duration", "timeout", "max_stale"):
             if remote_only in spec:
                 raise (loc / remote_only).error("only applies to a remote JWKS (url or discovery)")
         try:
@@ -96,6 +97,16 @@ def _parse_jwks(
         raise (loc / "cache_duration").error("must be at least 1s")
     if not 0 < timeout <= 60:
         raise (loc / "timeout").error("must be between 0 and 60s")
+    max_stale = None
+    if spec.get("max_stale") is not None:
+        max_stale = schema.duration(spec["max_stale"], loc / "max_stale")
+        if max_stale <= 0:
+            raise (loc / "max_stale").error("must be more than 0 (leave it out for no bound)")
+        # Shorter than the cache lifetime, keys would be dropped before their refresh is due.
+        if max_stale < cache:
+            raise (loc / "max_stale").error(
+                f"must be at least cache_duration ({cache:g}s): keys are refreshed at 80% of it"
+            )
     if algorithms is not None and any(alg.startswith("HS") for alg in algorithms):
         raise loc.error("HMAC algorithms (HS*) need a key from file or inline, never a remote set")
     url = None
@@ -105,7 +116,7 @@ def _parse_jwks(
             raise (loc / "url").error("must be an http:// or https:// URL")
     elif not issuer.startswith(("http://", "https://")):
         raise (loc / "discovery").error("discovery needs an issuer that is an http(s) URL")
-    return RemoteJwks(url, kind == "discovery", issuer, cache, timeout, algorithms)
+    return RemoteJwks(url, kind == "discovery", issuer, cache, timeout, algorithms, max_stale)
 
 
 def _parse_token_source(value: Any, loc: Loc) -> TokenSource:
@@ -192,6 +203,30 @@ def _parse_provider(name: str, value: Any, loc: Loc, base: Path) -> Provider:
     )
 
 
+def _check_cohort_headers(
+    routes: tuple[Route, ...], loc: Loc, token_headers: set[str], claim_headers: frozenset[str]
+) -> frozenset[str]:
+    """The routes' `cohort_header`s, each checked: never reserved, never a token location,
+    never set from a claim too; and no `baggage: true` while baggage is set from a claim."""
+    names: set[str] = set()
+    for index, route in enumerate(routes):
+        header = route.cohort_header
+        if header is not None:
+            header_loc = loc / index / "cohort_header"
+            if header in RESERVED_HEADERS or header.startswith(":"):
+                raise header_loc.error(f"header {header!r} cannot carry the cohort")
+            if header in token_headers:
+                raise header_loc.error(f"{header!r} carries tokens; the cohort cannot go there")
+            if header in claim_headers:
+                raise header_loc.error(f"header {header!r} is also set from a token")
+            names.add(header)
+        if route.baggage and BAGGAGE_HEADER in claim_headers:
+            raise (loc / index / "baggage").error(
+                "'baggage' is set from a token (claims_to_headers or forward_payload_header)"
+            )
+    return frozenset(names)
+
+
 def _union_locations(providers: Mapping[str, Provider]) -> TokenSource:
     headers: dict[tuple[str, str], HeaderLocation] = {}
     params: dict[str, None] = {}
@@ -208,7 +243,8 @@ def _union_locations(providers: Mapping[str, Provider]) -> TokenSource:
 def parse_policy(document: Any, root: Loc, *, base: Path, fingerprint: str) -> Policy:
     """Validate a parsed policy document into a `Policy` (raises PolicyError)."""
     spec = schema.mapping(
-        document, root, allowed=("version", "providers", "validation", "rbac", "routes"),
+        document, root,
+        allowed=("version", "providers", "validation", "cors_preflight", "rbac", "routes"),
         required=("version", "providers"),
     )  # fmt: skip
     version = spec["version"]
@@ -243,13 +279,19 @@ def parse_policy(document: Any, root: Loc, *, base: Path, fingerprint: str) -> P
     validation = schema.choice(
         spec.get("validation", "require_valid"), root / "validation", VALIDATION_MODES
     )
+    cors_preflight = schema.choice(
+        spec.get("cors_preflight", "verify"), root / "cors_preflight", CORS_PREFLIGHT_MODES
+    )
     rbac = parse_rbac(spec["rbac"], root / "rbac", set(providers)) if "rbac" in spec else None
     routes = parse_routes(spec["routes"], root / "routes") if "routes" in spec else ()
     # Every header the proxy sets from a token, for any provider: always stripped from clients.
-    identity = frozenset(
+    token_set = frozenset(
         [h.header for p in providers.values() for h in p.claims_to_headers]
         + [p.forward_payload_header for p in providers.values() if p.forward_payload_header]
     )
+    # Routes' cohort headers are set by the proxy too: stripped from clients likewise.
+    cohort_headers = _check_cohort_headers(routes, root / "routes", token_headers, token_set)
+    identity = token_set | cohort_headers
     policy = Policy(
         path=root.file,
         providers=providers,
@@ -260,6 +302,7 @@ def parse_policy(document: Any, root: Loc, *, base: Path, fingerprint: str) -> P
         identity_headers=identity,
         token_locations=_union_locations(providers),
         fingerprint=fingerprint,
+        cors_preflight_bypass=cors_preflight == "bypass",
     )
     # What the policy concludes about an anonymous caller, once (it reads RBAC and routes).
     return dataclasses.replace(policy, anonymous=identity_of(policy, None, None))

@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # the request-time Identity: a type only, never imported at r
     from claimroute.pipeline.identity import Identity
 
 VALIDATION_MODES = ("require_valid", "allow_missing", "allow_missing_or_failed")
+# `cors_preflight`: `verify` treats a CORS preflight like any request; `bypass` lets it pass
+# without a token, as an anonymous caller (Envoy's jwt_authn bypass_cors_preflight).
+CORS_PREFLIGHT_MODES = ("verify", "bypass")
 DEFAULT_CLOCK_SKEW = 60.0
 DEFAULT_CACHE_DURATION = 300.0
 DEFAULT_FETCH_TIMEOUT = 5.0
@@ -99,6 +102,9 @@ class RemoteJwks:
     cache_duration: float
     timeout: float
     allowed_algorithms: frozenset[str] | None
+    # Longest time the keys stay in use without a successful fetch; past it they are dropped
+    # (refused as `Jwks remote fetch is failed`) until a fetch succeeds. None: no bound.
+    max_stale: float | None = None
 
     @property
     def identity(self) -> tuple[Any, ...]:
@@ -145,6 +151,8 @@ class Policy:
     # What the policy concludes about every anonymous request's caller, worked out once by
     # the loader (`policy.load`), which may import the request path; the model does not.
     anonymous: Identity | None = field(default=None, repr=False, compare=False)
+    # True with `cors_preflight: bypass`: a CORS preflight passes without a token, as anonymous.
+    cors_preflight_bypass: bool = False
 
     @property
     def key_files(self) -> tuple[str, ...]:

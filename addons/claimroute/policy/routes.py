@@ -5,11 +5,17 @@ sticky share of users to each target with the published bucket formula:
 
     bucket = int.from_bytes(sha256(f"{salt}:{route name}:{value}")[:8], "big") % 10000
 
-where `value` is the claim at `by` (default `sub`). Target i receives the buckets below
+where `value` is the claim at `by` (default `sub`) as text (`split_value`). When `by` lists
+several claims, `value` is the compact JSON array of their texts (`by_value`: `["acme","u1"]`);
+a list of one claim is that claim. Target i receives the buckets below
 `cumulative_weight_i * 10000 // total_weight`, in the order given. A request with no value for
-`by` goes to the first target with a positive weight. A value holding a lone surrogate (a JSON
-escape such as "\\ud800", which has no UTF-8) is encoded code point by code point (Python's
-"surrogatepass").
+`by` (for a list: one of its claims absent or null) is hashed on `fallback_by` instead, if given,
+and with no value for that either goes to the first target with a positive weight. A value
+holding a lone surrogate (a JSON escape such as "\\ud800", which has no UTF-8) is encoded code
+point by code point (Python's "surrogatepass").
+
+A route with `cohort_header` or `baggage: true` tells the upstream where the caller went
+(`cohort_text`, `baggage_members`, `cohort_headers`).
 """
 
 from __future__ import annotations
@@ -20,11 +26,17 @@ from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from claimroute.config import readers as schema
 from claimroute.config.source import Loc
-from claimroute.match.claimpath import MISSING, ClaimPath, parse_claim_path, walk
+from claimroute.match.claimpath import (
+    MISSING,
+    ClaimPath,
+    format_claim_path,
+    parse_claim_path,
+    walk,
+)
 from claimroute.match.conditions import ANY_REQUEST, RequestConditions, parse_request_conditions
 from claimroute.match.matchers import ClaimsMatcher, compile_claims
 from claimroute.match.request import RequestView
@@ -64,21 +76,25 @@ class RouteMatch:
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    """A sticky weighted split over targets, by the hash of one claim."""
+    """A sticky weighted split over targets, by the hash of one claim or several."""
 
-    by: ClaimPath
+    by: tuple[ClaimPath, ...]  # one path, or several whose values are hashed together
     salt: str
     targets: tuple[Upstream, ...]
     boundaries: tuple[int, ...]  # exclusive upper bucket of each target
+    # Hashed instead of `by` when `by` has no value (empty: no fallback claim).
+    fallback_by: tuple[ClaimPath, ...] = ()
     # Where a caller without a value for `by` goes: the first target with a positive weight
     # (a target at weight 0 is drained, for them too).
     fallback: Upstream = field(init=False, repr=False, compare=False)
+    fallback_index: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         lower = 0
-        for target, upper in zip(self.targets, self.boundaries, strict=True):
+        for index, (target, upper) in enumerate(zip(self.targets, self.boundaries, strict=True)):
             if upper > lower:
                 object.__setattr__(self, "fallback", target)
+                object.__setattr__(self, "fallback_index", index)
                 return
             lower = upper
         raise ValueError("a split needs a target with a positive weight")  # parse refuses it
@@ -98,6 +114,10 @@ class RouteChoice(NamedTuple):
     port: int
     preserve_host: bool
     bucket: int | None = None
+    # What the route tells the upstream (built with the choice, so once per token for a
+    # split): its `cohort_header` as (name, value) pairs, and its baggage members, if any.
+    cohort: tuple[tuple[str, str], ...] = ()
+    baggage: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +129,8 @@ class Route:
     upstream: Upstream | None
     split: Split | None
     preserve_host: bool
+    cohort_header: str | None = None  # lower-case; set to `cohort_text` of the choice
+    baggage: bool = False  # add the cohort as W3C baggage members `claimroute.*`
     # Built once: the choice of a route with a fixed upstream (choices are immutable), and the
     # salt and route name part of a split's bucket input, encoded (schema.string guarantees
     # both are valid Unicode).
@@ -137,6 +159,31 @@ def split_value(value: Any) -> str | None:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+def by_value(claims: Mapping[str, Any] | None, paths: tuple[ClaimPath, ...]) -> str | None:
+    """The text hashed for `by` (or `fallback_by`), or None when it has no value.
+
+    One path: `split_value` of its claim. Several: the compact JSON array of their
+    `split_value` texts (`["acme","u1"]`, only `"`, `\\` and U+0000-U+001F escaped), or None
+    when any of them is absent or null.
+    """
+    if len(paths) == 1:
+        return split_value(walk(claims, paths[0]))
+    texts: list[str] = []
+    for path in paths:
+        text = split_value(walk(claims, path))
+        if text is None:
+            return None
+        texts.append(text)
+    return json.dumps(texts, ensure_ascii=False, separators=(",", ":"))
+
+
+def format_split_by(paths: tuple[ClaimPath, ...]) -> str:
+    """`by` as written in a policy: one path, or a list of them (`[tenant, sub]`)."""
+    if len(paths) == 1:
+        return format_claim_path(paths[0])
+    return f"[{', '.join(map(format_claim_path, paths))}]"
+
+
 def bucket_of(salt: str, route_name: str, value: str) -> int:
     """The published sticky bucket in [0, 10000)."""
     return _bucket(_bucket_prefix(salt, route_name), value)
@@ -155,11 +202,124 @@ def _bucket(prefix: bytes, value: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
+# --- telling the upstream: the cohort header and W3C baggage ------------------------------------
+#
+# The cohort header is `route=R; target=T` plus `; bucket=NNNN` for a caller hashed into a
+# split (four digits, zero-padded). R is the route name, T the upstream URL of the target (as
+# the policy gives it, without a final `/`), each percent-encoded (`cohort_quote`). The same pairs
+# go into W3C baggage as the members `claimroute.route`, `claimroute.target`,
+# `claimroute.bucket`.
+
+BAGGAGE_HEADER = "baggage"
+BAGGAGE_PREFIX = "claimroute."
+
+
+def cohort_quote(text: str) -> str:
+    """A cohort value percent-encoded: UTF-8, every byte but A-Z a-z 0-9 `-._~:/` as %XX.
+
+    The result holds no space, `,`, `;`, `=`, `"` or `\\`, so it is both a cohort header value
+    and a W3C baggage value as it is, and `urllib.parse.unquote` gives the text back.
+    """
+    return quote(text, safe=":/")
+
+
+def cohort_pairs(route_name: str, target_url: str, bucket: int | None) -> list[tuple[str, str]]:
+    """The (key, encoded value) pairs that describe where a caller went."""
+    pairs = [("route", cohort_quote(route_name)), ("target", cohort_quote(target_url))]
+    if bucket is not None:
+        pairs.append(("bucket", f"{bucket:04d}"))
+    return pairs
+
+
+def cohort_text(route_name: str, target_url: str, bucket: int | None) -> str:
+    """The cohort header's value: `route=R; target=T[; bucket=NNNN]`."""
+    return "; ".join(
+        f"{key}={value}" for key, value in cohort_pairs(route_name, target_url, bucket)
+    )
+
+
+def baggage_members(route_name: str, target_url: str, bucket: int | None) -> str:
+    """The W3C baggage members: `claimroute.route=R,claimroute.target=T[,claimroute.bucket=N]`."""
+    pairs = cohort_pairs(route_name, target_url, bucket)
+    return ",".join(f"{BAGGAGE_PREFIX}{key}={value}" for key, value in pairs)
+
+
+def _is_ours(member: str) -> bool:
+    # The member's key: before `=` (or before a `;` property), without OWS; compared
+    # case-insensitively so that no spelling of a claimroute.* key gets through.
+    key = member.split("=", 1)[0].split(";", 1)[0].strip(" \t").lower()
+    return key.startswith(BAGGAGE_PREFIX)
+
+
+def merged_baggage(client: list[str], ours: str | None) -> str | None:
+    """The baggage value to send upstream, or None to leave the client's header alone.
+
+    Every member of the client's `baggage` headers whose key starts with `claimroute.` (in any
+    case) is removed, the other members are kept in order (without surrounding whitespace and
+    empty members), and `ours` is appended. The result may be empty (a client that sent only
+    claimroute.* members, on a route without `baggage`).
+    """
+    forged = False
+    for value in client:
+        if BAGGAGE_PREFIX in value.lower():
+            forged = True
+            break
+    if not forged and ours is None:
+        return None
+    kept: list[str] = []
+    for value in client:
+        for member in value.split(","):
+            member = member.strip(" \t")
+            if member and not (forged and _is_ours(member)):
+                kept.append(member)
+    if ours is not None:
+        kept.append(ours)
+    return ",".join(kept)
+
+
+def cohort_headers(choice: RouteChoice | None, request: RequestView) -> tuple[tuple[str, str], ...]:
+    """The headers to set for the route a request took (None: no route): its cohort header,
+    and a `baggage` header when the route adds members or the client sent claimroute.* ones
+    (removed on every request, whatever the route)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    ours = None
+    if choice is not None:
+        headers = choice.cohort
+        ours = choice.baggage
+    client = request.headers.get_all(BAGGAGE_HEADER)
+    if client or ours is not None:
+        value = merged_baggage(client, ours)
+        if value is not None:
+            headers += ((BAGGAGE_HEADER, value),)
+    return headers
+
+
 def _choice(route: Route, target: Upstream, bucket: int | None) -> RouteChoice:
+    cohort: tuple[tuple[str, str], ...] = ()
+    if route.cohort_header is not None:
+        cohort = ((route.cohort_header, cohort_text(route.name, target.url, bucket)),)
+    baggage = baggage_members(route.name, target.url, bucket) if route.baggage else None
     return RouteChoice(
         route.name, target.url, target.scheme, target.host, target.port, route.preserve_host,
-        bucket,
+        bucket, cohort, baggage,
     )  # fmt: skip
+
+
+def split_target(
+    split: Split, prefix: bytes, claims: Mapping[str, Any] | None
+) -> tuple[int, int | None]:
+    """The index of the target a caller goes to and its bucket (None: no value to hash, the
+    first target with a positive weight). `prefix` is the route's `bucket_prefix`. The one
+    implementation of the published formula, for the addon and the scenario runner alike."""
+    value = by_value(claims, split.by)
+    if value is None and split.fallback_by:
+        value = by_value(claims, split.fallback_by)
+    if value is None:
+        return split.fallback_index, None
+    bucket = _bucket(prefix, value)
+    # The first target whose (exclusive) upper bound is above the bucket; the last bound is
+    # BUCKETS, so there always is one.
+    return bisect_right(split.boundaries, bucket), bucket
 
 
 def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
@@ -167,15 +327,10 @@ def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
         return route.fixed_choice
     split = route.split
     assert split is not None
-    value = split_value(walk(claims, split.by))
-    if value is None:
-        return _choice(route, split.fallback, None)
     prefix = route.bucket_prefix
     assert prefix is not None  # built at load for every split route
-    bucket = _bucket(prefix, value)
-    # The first target whose (exclusive) upper bound is above the bucket; the last bound is
-    # BUCKETS, so there always is one.
-    return _choice(route, split.targets[bisect_right(split.boundaries, bucket)], bucket)
+    index, bucket = split_target(split, prefix, claims)
+    return _choice(route, split.targets[index], bucket)
 
 
 def identity_choices(
@@ -249,9 +404,30 @@ def _parse_match(value: Any, loc: Loc) -> RouteMatch:
     )
 
 
+def _parse_by(value: Any, loc: Loc) -> tuple[ClaimPath, ...]:
+    """`by` or `fallback_by`: one claim path (a string), or a list of claim paths, each a
+    string or a list of segments (`[tenant, sub]`, `[[kubernetes.io, namespace], sub]`)."""
+    if not isinstance(value, list):
+        return (parse_claim_path(value, loc),)
+    if not value:
+        raise loc.error("needs at least one claim path")
+    paths: list[ClaimPath] = []
+    for index, item in enumerate(value):
+        path = parse_claim_path(item, loc / index)
+        if path in paths:
+            raise (loc / index).error(f"claim {format_claim_path(path)!r} is listed twice")
+        paths.append(path)
+    return tuple(paths)
+
+
 def _parse_split(value: Any, loc: Loc) -> Split:
-    spec = schema.mapping(value, loc, allowed=("by", "salt", "to"), required=("to",))
-    by = parse_claim_path(spec.get("by", "sub"), loc / "by")
+    spec = schema.mapping(value, loc, allowed=("by", "fallback_by", "salt", "to"), required=("to",))
+    by = _parse_by(spec.get("by", "sub"), loc / "by")
+    fallback_by: tuple[ClaimPath, ...] = ()
+    if "fallback_by" in spec:
+        fallback_by = _parse_by(spec["fallback_by"], loc / "fallback_by")
+        if fallback_by == by:
+            raise (loc / "fallback_by").error("is the same as by")
     salt = schema.string(spec.get("salt", ""), loc / "salt", non_empty=False)
     targets: list[Upstream] = []
     weights: list[int] = []
@@ -268,7 +444,15 @@ def _parse_split(value: Any, loc: Loc) -> Split:
     for weight in weights:
         running += weight
         boundaries.append(running * BUCKETS // total)
-    return Split(by, salt, tuple(targets), tuple(boundaries))
+    return Split(by, salt, tuple(targets), tuple(boundaries), fallback_by)
+
+
+def _parse_cohort_header(value: Any, loc: Loc) -> str:
+    # The loader also refuses reserved headers, token headers and claim headers (policy.load).
+    header = schema.header_name(value, loc)
+    if header == BAGGAGE_HEADER:
+        raise loc.error("'baggage' cannot be the cohort header; use baggage: true")
+    return header
 
 
 def parse_routes(value: Any, loc: Loc) -> tuple[Route, ...]:
@@ -278,8 +462,9 @@ def parse_routes(value: Any, loc: Loc) -> tuple[Route, ...]:
     for index, item in enumerate(schema.sequence(value, loc)):
         item_loc = loc / index
         spec = schema.mapping(
-            item, item_loc, allowed=("name", "match", "upstream", "split", "preserve_host"),
-            required=("name",),
+            item, item_loc, required=("name",),
+            allowed=("name", "match", "upstream", "split", "preserve_host", "cohort_header",
+                     "baggage"),
         )  # fmt: skip
         name = schema.string(spec["name"], item_loc / "name")
         if name in names:
@@ -300,6 +485,12 @@ def parse_routes(value: Any, loc: Loc) -> tuple[Route, ...]:
                 preserve_host=schema.boolean(
                     spec.get("preserve_host", False), item_loc / "preserve_host"
                 ),
+                cohort_header=(
+                    _parse_cohort_header(spec["cohort_header"], item_loc / "cohort_header")
+                    if "cohort_header" in spec
+                    else None
+                ),
+                baggage=schema.boolean(spec.get("baggage", False), item_loc / "baggage"),
             )
         )
     return tuple(routes)

@@ -95,6 +95,7 @@ async def run_scenario(
                 f"mitmdump exited during the run (exit code {world.mitmdump.returncode})",
                 world.output,
             )
+        proxy_metrics = await world.scrape_metrics()
         mark_seen(run.results, world.upstreams)
         decisions = read_decisions(world.decision_log)
         attributed = attribute_routes(run.results, users, decisions)
@@ -126,6 +127,7 @@ async def run_scenario(
         decisions=len(decisions),
         files=files,
         proxy_url=proxy_url,
+        proxy_metrics=proxy_metrics,
     )
     reports = write_reports(summary, out_dir)
     print_report(summary, console)

@@ -8,7 +8,8 @@ An expectation selects requests (`users`, `route`, `after_step`, `before_step`, 
   `upstream: none` means no upstream answered AND no upstream's records contain the request.
 - `sticky: true`: no user was answered by two different upstreams.
 - `formula: true` (with `route`): every request on the route reached the upstream that the
-  published bucket formula (`routing.bucket_of`) gives its user, under the policy live then.
+  published bucket formula gives its user, under the policy live then (computed by the addon's
+  own `routes.split_target`).
 - `log: REGEX`: mitmdump's output has `at_least` (default 1) / `at_most` matching lines.
 
 An expectation that selects no request fails: a check of nothing proves nothing.
@@ -22,9 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from claimroute.match.claimpath import walk
 from claimroute.policy.model import Policy
-from claimroute.policy.routes import Route, bucket_of, split_value
+from claimroute.policy.routes import Route, split_target
 from claimroute_tools.scenario.model import NO_UPSTREAM, Expectation, Scenario
 from claimroute_tools.scenario.traffic import RequestResult, User
 
@@ -193,11 +193,9 @@ def predicted_target(route: Route, payload: Mapping[str, Any] | None) -> tuple[s
         assert route.upstream is not None
         return route.upstream.url, None
     split = route.split
-    value = split_value(walk(payload, split.by))
-    if value is None:
-        return split.fallback.url, None
-    bucket = bucket_of(split.salt, route.name, value)
-    index = next(i for i, bound in enumerate(split.boundaries) if bucket < bound)
+    assert route.bucket_prefix is not None  # built at load for every split route
+    # The addon's own code for the published formula (`by`, `fallback_by`, buckets), no copy.
+    index, bucket = split_target(split, route.bucket_prefix, payload)
     return split.targets[index].url, bucket
 
 

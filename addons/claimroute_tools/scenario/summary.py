@@ -156,6 +156,8 @@ class ReportSummary:
     over_time: OverTime
     expectations: tuple[Outcome, ...]  # each with its verdict, observation and miss
     files: Mapping[str, str]
+    # The proxy's Prometheus metrics at the end of the run (`World.scrape_metrics`), if taken.
+    proxy_metrics: Mapping[str, Any] | None = None
 
 
 # -- the figures -----------------------------------------------------------------------------
@@ -262,6 +264,7 @@ def summarize(
     decisions: int,
     files: Mapping[str, str],
     proxy_url: str | None,
+    proxy_metrics: Mapping[str, Any] | None = None,
 ) -> ReportSummary:
     """Every figure of the report, from the run's results (pure: reads its arguments only)."""
     scenario = data.scenario
@@ -331,6 +334,7 @@ def summarize(
         over_time=over_time(results, run.planned, upstreams[1:]),
         expectations=tuple(outcomes),
         files=dict(files),
+        proxy_metrics=proxy_metrics,
     )
 
 

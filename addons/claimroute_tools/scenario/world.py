@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from ruamel.yaml import YAML
 
 from claimroute.errors import PolicyError
@@ -35,6 +38,7 @@ from claimroute_tools.scenario.traffic import REQUEST_ID_HEADER
 log = logging.getLogger(__name__)
 
 RELOADED_RE = r"claimroute: policy (reloaded|change rejected)"
+METRICS_RE = re.compile(r"claimroute: metrics at (http://\S+/metrics)")
 START_TIMEOUT = 30.0
 
 
@@ -89,6 +93,7 @@ class World:
         self.jwks_servers: dict[str, JwksServer] = {}
         self.upstreams: dict[str, EchoUpstream] = {}
         self.mitmdump: MitmdumpProcess | None = None
+        self.metrics_url: str | None = None  # the addon's /metrics (on a port the OS picked)
         self.initial: RenderedPolicy | None = None
         self.step_policies: dict[str, RenderedPolicy] = {}  # by step name
         self._closed = False
@@ -149,12 +154,16 @@ class World:
                 "claimroute_log": str(self.decision_log),
                 # Each scenario request carries its index here: decisions join requests exactly.
                 "claimroute_request_id_header": REQUEST_ID_HEADER,
+                # The report records the proxy's own counters at the end of the run.
+                "claimroute_metrics": "127.0.0.1:0",
             },
         )
         try:
             await self.mitmdump.astart(START_TIMEOUT)
         except MitmdumpFailed as exc:
             raise WorldFailed(f"mitmdump did not start: {exc.reason}", exc.output) from None
+        found = METRICS_RE.search(self.mitmdump.output)
+        self.metrics_url = found.group(1) if found is not None else None
 
     async def close(self) -> None:
         """Stop mitmdump and every server; save mitmdump's output. Idempotent."""
@@ -170,6 +179,30 @@ class World:
         for server in [*self.upstreams.values(), *self.jwks_servers.values()]:
             with contextlib.suppress(Exception):
                 await server.stop()
+
+    async def scrape_metrics(self) -> dict[str, Any]:
+        """The proxy's Prometheus metrics now, parsed: sample name -> [{labels, value}]; on
+        failure `{"error": why}` (the report keeps it, the run goes on)."""
+        if self.metrics_url is None:
+            return {"error": "mitmdump did not say where its metrics are"}
+        try:
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(self.metrics_url) as response,
+            ):
+                if response.status != 200:
+                    return {"error": f"{self.metrics_url}: HTTP {response.status}"}
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return {"error": f"{self.metrics_url}: {type(exc).__name__}: {exc}"}
+        out: dict[str, Any] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append(
+                    {"labels": dict(sample.labels), "value": sample.value}
+                )
+        return out
 
     # -- facts ------------------------------------------------------------------------------
 

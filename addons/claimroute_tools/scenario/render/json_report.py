@@ -53,7 +53,7 @@ def _expectation(o: Outcome) -> dict[str, Any]:
 def to_dict(summary: ReportSummary) -> dict[str, Any]:
     """The summary as report.json's document."""
     s, run, result = summary.scenario, summary.run, summary.result
-    return {
+    document: dict[str, Any] = {
         "scenario": {
             "name": s.name,
             "description": s.description,
@@ -118,6 +118,9 @@ def to_dict(summary: ReportSummary) -> dict[str, Any]:
         "expectations": [_expectation(o) for o in summary.expectations],
         "files": dict(summary.files),
     }
+    if summary.proxy_metrics is not None:  # a run through mitmdump: its metrics at the end
+        document["proxy_metrics"] = dict(summary.proxy_metrics)
+    return document
 
 
 def render_json(summary: ReportSummary) -> str:

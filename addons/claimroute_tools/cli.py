@@ -2,6 +2,8 @@
 
 claimroute proxy POLICY [mitmdump options...]   mitmdump with the addon and that policy
 claimroute check POLICY                         validate a policy and summarise it
+claimroute explain POLICY [request options]     what the proxy would do with one request
+claimroute test POLICY CASES.yaml               check a table of requests against a policy
 claimroute scenario NAME|PATH [options]         run an experiment and write its report
 claimroute keygen | mint | echo                 development keys, tokens and upstreams
 claimroute addon-path                           the mitmdump script of this installation
@@ -84,6 +86,18 @@ def _check(args: argparse.Namespace, extra: list[str]) -> int:
     return EXIT_OK
 
 
+def _explain(args: argparse.Namespace, extra: list[str]) -> int:
+    from .explain import main as explain_main
+
+    return explain_main(args)
+
+
+def _test(args: argparse.Namespace, extra: list[str]) -> int:
+    from .policytest import main as test_main
+
+    return test_main(args)
+
+
 def _addon_path(args: argparse.Namespace, extra: list[str]) -> int:
     print(addon_path())
     return EXIT_OK
@@ -104,6 +118,7 @@ _DELEGATED = {
     "keygen": (_DEVTOOLS, "make a key pair and its public JWKS"),
     "mint": (_DEVTOOLS, "mint a signed JWT with a key from keygen"),
     "echo": (_DEVTOOLS, "run an echo upstream that answers with what it received"),
+    "import": ("claimroute_tools.importers", "translate Gloo or Istio JWT/RBAC config to a policy"),
 }
 
 
@@ -131,6 +146,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("policy", help="the policy file")
     check.set_defaults(run=_check)
+    explain = commands.add_parser(
+        "explain",
+        help="show, stage by stage, what the proxy would do with one request (no proxy)",
+        description="Run one request through the proxy's code with POLICY and show every "
+        "stage: token, verification, each RBAC policy, each route, the upstream request or "
+        "the exact refusal.",
+    )
+    explain.add_argument("policy", help="the policy file")
+    caller = explain.add_mutually_exclusive_group()
+    caller.add_argument("--token", help="a JWT, sent as `Authorization: Bearer TOKEN`")
+    caller.add_argument("--claims", help="claims as a JSON object (with --provider): no "
+                        "signature, time or audience check")  # fmt: skip
+    explain.add_argument("--provider", help="the provider that vouches for --claims")
+    explain.add_argument("--method", default="GET", help="the request method (default GET)")
+    explain.add_argument("--path", default="/", help="the path and query (default /)")
+    explain.add_argument("--host", default="api.example.test", help="the host[:port]")
+    explain.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                         help="a request header (repeatable)")  # fmt: skip
+    explain.add_argument("--json", action="store_true", help="one JSON document")
+    explain.set_defaults(run=_explain)
+    test = commands.add_parser(
+        "test",
+        help="run a table of cases (requests and expected outcomes) against POLICY",
+        description="Run every case of CASES.yaml through the proxy's code with POLICY; exit 1 "
+        "on any miss, 2 on bad input.",
+    )
+    test.add_argument("policy", help="the policy file")
+    test.add_argument("cases", help="the cases file (YAML)")
+    test.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE")
+    test.set_defaults(run=_test)
     for name, (_, help_text) in _DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
     path = commands.add_parser(

@@ -7,7 +7,7 @@ touches mitmproxy. The addon applies the Decision to the flow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from claimroute import errors as E
 from claimroute.errors import Rejection
@@ -16,10 +16,16 @@ from claimroute.match.request import RequestView
 from claimroute.pipeline.extract import FoundToken, extract_tokens, location_allowed
 from claimroute.pipeline.identity import Identity, identity_of
 from claimroute.pipeline.tokencache import TokenCache
-from claimroute.pipeline.verify import verify_token
+from claimroute.pipeline.verify import VerifiedToken, verify_token
 from claimroute.policy.model import Policy
-from claimroute.policy.rbac import RbacResult
-from claimroute.policy.routes import RouteChoice, cohort_headers, route_for
+from claimroute.policy.rbac import RbacResult, RbacTrace
+from claimroute.policy.routes import (
+    RouteChoice,
+    RouteTrace,
+    cohort_headers,
+    identity_choices,
+    route_for,
+)
 
 
 @dataclass(slots=True)
@@ -67,6 +73,34 @@ class Decision:
         return out
 
 
+class DecisionTrace(RbacTrace, RouteTrace, Protocol):
+    """What `decide` tells an observer (`claimroute explain`), stage by stage, in order.
+
+    `decide`, `Rbac.decide`, `route_for` and the caller's half (`Rbac.principal_hits`,
+    `identity_choices`) take one as `trace`; with None (the proxy) they only test
+    `trace is not None` and allocate nothing for it.
+    """
+
+    def tokens_found(self, found: list[FoundToken]) -> None:
+        """Stage 1: every token found (more than one is refused next)."""
+
+    def preflight_bypass(self) -> None:
+        """A CORS preflight under `cors_preflight: bypass`: no token verified."""
+
+    def token_verified(self, verified: VerifiedToken) -> None:
+        """Stage 2: the token passed every check (not called on a token cache hit)."""
+
+    def token_refused(self, rejection: Rejection, ignored: bool) -> None:
+        """Stage 2 (or the location check) refused the token; `ignored` under
+        `allow_missing_or_failed` (the request goes on as anonymous)."""
+
+    def caller(self, identity: Identity) -> None:
+        """The caller the policy reads from here on (an anonymous one included)."""
+
+    def refused(self, decision: Decision) -> None:
+        """The final decision is a refusal (called once, before `decide` returns it)."""
+
+
 def _deny(rejection: Rejection, **fields: Any) -> Decision:
     return Decision(outcome="denied", reason=rejection.reason, rejection=rejection, **fields)
 
@@ -90,6 +124,7 @@ async def decide(
     key_sources: dict[str, KeySource],
     now: float,
     cache: TokenCache | None = None,
+    trace: DecisionTrace | None = None,
 ) -> Decision:
     """Run every stage for one request and return the decision (raises only on bugs).
 
@@ -98,11 +133,15 @@ async def decide(
     route conditions it satisfies, its split buckets); the location check and everything
     that reads the request (permissions, route conditions on methods, paths and headers) run
     on every request, and the claim headers are set on every request.
+
+    With a `trace`, every stage tells it what it found and evaluated (`DecisionTrace`).
     """
     found = extract_tokens(request, policy.token_locations)
+    if trace is not None:
+        trace.tokens_found(found)
     if len(found) > 1:
         # RFC 6750 §2: a client must not use more than one method; refuse rather than guess.
-        return _deny(Rejection(400, E.MULTIPLE_TOKENS, "invalid_request"))
+        return _refused(_deny(Rejection(400, E.MULTIPLE_TOKENS, "invalid_request")), trace)
     token = found[0] if found else None
     decision: Decision
     identity: Identity
@@ -110,13 +149,15 @@ async def decide(
         # `cors_preflight: bypass`: no token needed, and one that came is neither verified nor
         # forwarded (removed like a failed one). RBAC and routes see an anonymous caller.
         identity = policy.anonymous
+        if trace is not None:
+            trace.preflight_bypass()
         decision = Decision(
             "anonymous", CORS_PREFLIGHT, token=token,
             token_failure=None if token is None else "not verified on a CORS preflight",
         )  # fmt: skip
     elif token is None:
         if policy.validation == "require_valid":
-            return _deny(Rejection(401, E.JWT_MISSING, None))
+            return _refused(_deny(Rejection(401, E.JWT_MISSING, None)), trace)
         identity = policy.anonymous
         decision = Decision("anonymous", "no token")
     else:
@@ -130,6 +171,8 @@ async def decide(
                 identity = cached
             else:
                 verified = await verify_token(token.token, policy, key_sources, now)
+                if trace is not None:
+                    trace.token_verified(verified)
                 # Everything the policy concludes from the claims alone, once per token.
                 identity = identity_of(
                     policy, verified.provider, verified.claims, verified.payload_b64
@@ -140,8 +183,11 @@ async def decide(
             if not location_allowed(token, identity.provider.token_source):
                 raise E.invalid_token(E.JWT_UNKNOWN_ISSUER)
         except Rejection as rejection:
-            if policy.validation != "allow_missing_or_failed":
-                return _deny(rejection, token=token, cache=looked_up)
+            ignored = policy.validation == "allow_missing_or_failed"
+            if trace is not None:
+                trace.token_refused(rejection, ignored)
+            if not ignored:
+                return _refused(_deny(rejection, token=token, cache=looked_up), trace)
             identity = policy.anonymous
             decision = Decision(
                 outcome="anonymous", reason="token ignored", token=token,
@@ -153,18 +199,43 @@ async def decide(
                 identity.claims, token, identity.keep_token, identity.set_headers,
                 cache=looked_up,
             )  # fmt: skip
+    return authorize_and_route(request, policy, identity, decision, trace)
+
+
+def authorize_and_route(
+    request: RequestView,
+    policy: Policy,
+    identity: Identity,
+    decision: Decision,
+    trace: DecisionTrace | None = None,
+) -> Decision:
+    """Stages 3 and 4 for a caller already worked out: RBAC, then the route and its cohort
+    headers, completing `decision` (`decide`'s tail; `claimroute explain --claims` enters
+    here with an Identity from `identity_of`)."""
+    if trace is not None:
+        trace.caller(identity)
+        # The caller's half, as `identity_of` works it out (the Identity holds its answers).
+        if policy.rbac is not None:
+            policy.rbac.principal_hits(identity.provider_name, identity.claims, trace)
+        identity_choices(policy.routes, identity.claims, trace)
     if policy.rbac is not None:
-        result = policy.rbac.decide(request, identity.principals)
+        result = policy.rbac.decide(request, identity.principals, trace)
         decision.rbac = result
         if not result.allowed and not result.dry_run:
             decision.outcome = "denied"
             decision.reason = E.RBAC_DENIED
             decision.rejection = Rejection(403, E.RBAC_DENIED, None, challenge=False)
-            return decision
-    route = route_for(policy.routes, request, identity.route_choices)
+            return _refused(decision, trace)
+    route = route_for(policy.routes, request, identity.route_choices, trace)
     decision.route = route
     # The route's cohort header and baggage members; client claimroute.* baggage members go.
     cohort = cohort_headers(route, request)
     if cohort:
         decision.set_headers += cohort
+    return decision
+
+
+def _refused(decision: Decision, trace: DecisionTrace | None) -> Decision:
+    if trace is not None:
+        trace.refused(decision)
     return decision

@@ -8,13 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from claimroute.config import readers as schema
 from claimroute.config.source import Loc
 from claimroute.match.conditions import RequestConditions, parse_request_conditions
 from claimroute.match.matchers import ClaimsMatcher, compile_claims
 from claimroute.match.request import RequestView
+
+
+class RbacTrace(Protocol):
+    """What RBAC evaluation tells an observer (`claimroute explain`); see `pipeline.decide`."""
+
+    def rbac_principal(self, policy: RbacPolicy, index: int, matched: bool) -> None:
+        """`policy`'s principal number `index` was tested on the caller."""
+
+    def rbac_rule(self, policy: RbacPolicy, is_principal: bool, covered: bool | None) -> None:
+        """`policy` was reached in evaluation order: whether the caller is one of its
+        principals and, if so, whether its permissions cover the request."""
+
+    def rbac_result(self, result: RbacResult, by_default: bool) -> None:
+        """The answer (`by_default`: no policy matched, the default action decided)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +53,22 @@ class RbacPolicy:
     principals: tuple[Principal, ...] | None
     permissions: RequestConditions | None  # what: methods, paths, hosts
 
-    def is_principal(self, provider: str | None, claims: Mapping[str, Any] | None) -> bool:
+    def is_principal(
+        self,
+        provider: str | None,
+        claims: Mapping[str, Any] | None,
+        trace: RbacTrace | None = None,
+    ) -> bool:
         """Whether the caller is one of the principals (no `principals` list: everyone is)."""
         if self.principals is None:
             return True
+        if trace is not None:
+            for index, principal in enumerate(self.principals):
+                matched = principal.matches(provider, claims)
+                trace.rbac_principal(self, index, matched)
+                if matched:
+                    return True
+            return False
         for principal in self.principals:  # noqa: SIM110 (performance rules)
             if principal.matches(provider, claims):
                 return True
@@ -90,13 +116,19 @@ class Rbac:
         object.__setattr__(self, "_default", RbacResult(self.default_allow, None, self.dry_run))
 
     def principal_hits(
-        self, provider: str | None, claims: Mapping[str, Any] | None
+        self,
+        provider: str | None,
+        claims: Mapping[str, Any] | None,
+        trace: RbacTrace | None = None,
     ) -> tuple[bool, ...]:
         """Per policy, in evaluation order: whether this caller is one of its principals.
 
         It reads only the caller, so it is worked out once per verified token (see
         `identity.Identity`) and `decide` only checks the permissions per request.
         """
+        if trace is not None:
+            rules = self._rules
+            return tuple([policy.is_principal(provider, claims, trace) for policy, _ in rules])
         return tuple([policy.is_principal(provider, claims) for policy, _ in self._rules])
 
     def evaluate(
@@ -105,7 +137,9 @@ class Rbac:
         """Decide for one request (anonymous requests pass provider=None, claims=None)."""
         return self.decide(request, self.principal_hits(provider, claims))
 
-    def decide(self, request: RequestView, principals: tuple[bool, ...]) -> RbacResult:
+    def decide(
+        self, request: RequestView, principals: tuple[bool, ...], trace: RbacTrace | None = None
+    ) -> RbacResult:
         """Decide for one request, given `principal_hits` for its caller."""
         # The deny policies, then the allow policies; the first whose principals include the
         # caller and whose permissions cover the request decides.
@@ -113,7 +147,16 @@ class Rbac:
             if is_principal:
                 permissions = policy.permissions
                 if permissions is None or permissions.matches(request, deny=not result.allowed):
+                    if trace is not None:
+                        trace.rbac_rule(policy, True, True)
+                        trace.rbac_result(result, False)
                     return result
+                if trace is not None:
+                    trace.rbac_rule(policy, True, False)
+            elif trace is not None:
+                trace.rbac_rule(policy, False, None)
+        if trace is not None:
+            trace.rbac_result(self._default, True)
         return self._default
 
 

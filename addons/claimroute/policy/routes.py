@@ -25,7 +25,7 @@ import json
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote, urlsplit
 
 from claimroute.config import readers as schema
@@ -333,8 +333,25 @@ def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
     return _choice(route, split.targets[index], bucket)
 
 
+class RouteTrace(Protocol):
+    """What route evaluation tells an observer (`claimroute explain`); see `pipeline.decide`."""
+
+    def route_caller(self, route: Route, matched: bool, choice: RouteChoice | None) -> None:
+        """`identity_choices`: whether `route`'s conditions on the caller hold, and where it
+        sends the caller then (routes after one that reads no request are not worked out)."""
+
+    def route_request(self, route: Route, choice: RouteChoice | None, matched: bool | None) -> None:
+        """`route_for`: `route` was reached; `matched` is whether its conditions on the
+        request hold (None: its conditions on the caller failed, the request is not read)."""
+
+    def route_result(self, choice: RouteChoice | None) -> None:
+        """The route taken (None: the destination is left alone)."""
+
+
 def identity_choices(
-    routes: tuple[Route, ...], claims: Mapping[str, Any] | None
+    routes: tuple[Route, ...],
+    claims: Mapping[str, Any] | None,
+    trace: RouteTrace | None = None,
 ) -> tuple[RouteChoice | None, ...]:
     """Per route: where it sends this caller, or None when its conditions on the caller fail.
 
@@ -346,16 +363,23 @@ def identity_choices(
         match = route.match
         if match.identity_matches(claims):
             choices[index] = _choose(route, claims)
+            if trace is not None:
+                trace.route_caller(route, True, choices[index])
             if not match.reads_request:
                 # This route takes every request of this caller: no later route is ever
                 # reached (`route_for` stops here), so their choices (and split hashes) are
                 # not worked out.
                 break
+        elif trace is not None:
+            trace.route_caller(route, False, None)
     return tuple(choices)
 
 
 def route_for(
-    routes: tuple[Route, ...], request: RequestView, choices: tuple[RouteChoice | None, ...]
+    routes: tuple[Route, ...],
+    request: RequestView,
+    choices: tuple[RouteChoice | None, ...],
+    trace: RouteTrace | None = None,
 ) -> RouteChoice | None:
     """The first route whose conditions on the caller held (`choices`) and whose conditions
     on the request hold, or None to leave the destination as it is."""
@@ -363,7 +387,16 @@ def route_for(
         if choice is not None:
             conditions = route.match.request
             if conditions.empty or conditions.matches(request):
+                if trace is not None:
+                    trace.route_request(route, choice, True)
+                    trace.route_result(choice)
                 return choice
+            if trace is not None:
+                trace.route_request(route, choice, False)
+        elif trace is not None:
+            trace.route_request(route, None, None)
+    if trace is not None:
+        trace.route_result(None)
     return None
 
 

@@ -13,41 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CLAIMROUTE = Path(sys.executable).parent / "claimroute"
 
-QUICKSTART_CASES = """\
-keys:
-  local: keys/private.jwk.json
-cases:
-  - name: an employee reads orders on the canary
-    request:
-      path: /api/orders/1
-      token:
-        key: local
-        claims: {iss: https://idp.local, sub: alice, aud: orders-api, org: solo.io}
-    expect:
-      outcome: forward
-      rbac_policy: orders-readers
-      route: employees-to-canary
-      upstream: http://127.0.0.1:9002
-      headers: {x-user: alice, x-org: solo.io, authorization: null}
-  - name: a partner reads orders, destination unchanged
-    request:
-      path: /api/orders
-      token: {key: local, claims: {iss: https://idp.local, sub: bob, aud: orders-api,
-                                   org: example.com}}
-    expect: {outcome: forward, route: null, headers: {x-org: example.com}}
-  - name: writes are denied
-    request: {method: POST, path: /api/orders, claims: {sub: bob, org: example.com},
-              provider: local}
-    expect: {outcome: refuse, status: 403, rbac_policy: default}
-  - name: no token
-    request: {path: /api/orders}
-    expect: {status: 401, outcome: denied}
-  - name: a wrong audience
-    request:
-      path: /api/orders
-      token: {key: local, claims: {iss: https://idp.local, sub: eve, aud: other, org: solo.io}}
-    expect: {status: 403}
-"""
+# The cases file shipped beside the quickstart policy (the README shows it).
+QUICKSTART_CASES = (ROOT / "examples/quickstart/cases.yaml").read_text()
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,7 +51,7 @@ def test_a_miss_names_its_line_and_explains(quickstart: Path, tmp_path: Path) ->
     junit = tmp_path / "junit.xml"
     done = run("test", str(quickstart / "policy.yaml"), str(cases), "--junit", str(junit))
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"{cases}:13: route: expected elsewhere, got employees-to-canary" in done.stdout
+    assert f"{cases}:15: route: expected elsewhere, got employees-to-canary" in done.stdout
     assert "4. routes" in done.stdout  # the explanation of the miss
     assert 'failures="1"' in junit.read_text() and "<failure" in junit.read_text()
 
@@ -92,7 +59,7 @@ def test_a_miss_names_its_line_and_explains(quickstart: Path, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("key: local", "key: nope"), ":8: cases[0].request.token.key: no key named 'nope'"),
+        (("key: local", "key: nope"), ":10: cases[0].request.token.key: no key named 'nope'"),
         (("provider: local", "provider: ghost"), "no provider named 'ghost'"),
         (("outcome: forward\n", "outcome: maybe\n"), "cases[0].expect.outcome"),
         (("path: /api/orders/1", "path: api"), "a path starts with /"),

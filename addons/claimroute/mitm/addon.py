@@ -57,15 +57,20 @@ def request_view(
     reads_query: bool = True,
     reads_cookies: bool = True,
     client_chose_target: bool = True,
+    headers: HeaderSnapshot | None = None,
+    host_values: list[str] | None = None,
 ) -> RequestView:
-    """The stage-facing view of a mitmproxy request.
+    """The stage-facing view of a mitmproxy request (`headers`: its snapshot, when taken).
 
     The query and the cookies are parsed only when the policy reads them (a token location):
     a client can send megabytes of either, which would otherwise be parsed on every request.
     """
     path = request.path
     host = request.host
-    headers = HeaderSnapshot(request.headers.fields)
+    if headers is None:
+        headers = HeaderSnapshot(request.headers.fields)
+    if host_values is None:
+        host_values = headers.get_all("host")
     return RequestView(  # positional: cheaper than keywords, in the field order
         request.method,
         request.scheme,
@@ -75,7 +80,7 @@ def request_view(
         tuple(request.query.items(multi=True)) if reads_query and "?" in path else (),
         headers,
         tuple(request.cookies.items(multi=True)) if reads_cookies and "cookie" in headers else (),
-        host_names(request, client_chose_target=client_chose_target),
+        host_names(request, client_chose_target=client_chose_target, values=host_values),
     )
 
 
@@ -256,11 +261,10 @@ class ClaimRoute:
         if self._strip_keys:
             strip_headers(request, self._strip_keys)
         locations = policy.token_locations
+        headers = HeaderSnapshot(request.headers.fields)  # after stripping: what stages read
+        hosts = headers.get_all("host")
         problem = request_problem(
-            request,
-            locations.cookies,
-            bool(locations.query_params),
-            [name for name, _ in locations.header_prefixes],
+            request, locations.cookies, bool(locations.query_params), locations.header_names, hosts
         )
         if problem is not None:
             # A request the upstream could read otherwise than the proxy: no decision on it.
@@ -273,6 +277,8 @@ class ClaimRoute:
             reads_query=bool(locations.query_params),
             reads_cookies=bool(locations.cookies),
             client_chose_target=_client_chose_target(flow),
+            headers=headers,
+            host_values=hosts,
         )
         decision = await decide(view, policy, self.key_sources, time.time(), self.cache)
         self._record(flow, decision, policy)

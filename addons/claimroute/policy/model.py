@@ -50,6 +50,8 @@ class TokenSource:
     )
     # For `location_allowed`: (name, prefix lower-cased) of every header location.
     header_keys: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+    # The header names that carry tokens (lower-case), for the request checks.
+    header_names: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_name: dict[str, list[str]] = {}
@@ -62,6 +64,7 @@ class TokenSource:
         object.__setattr__(self, "header_prefixes", table)
         keys = frozenset((h.name, h.prefix.lower()) for h in self.headers)
         object.__setattr__(self, "header_keys", keys)
+        object.__setattr__(self, "header_names", frozenset(by_name))
 
 
 DEFAULT_TOKEN_SOURCE = TokenSource(

@@ -165,7 +165,15 @@ def _tables(results: dict[str, Any], console: Console) -> None:
             f"{mem['rss_end_mib']} MiB; growth after the cache filled "
             f"{mem.get('rss_growth_after_full_mib', '-')} MiB; ~{mem.get('bytes_per_entry', '-')} "
             f"bytes per entry; a full GC takes {mem['gc_full_collection_ms_full_cache']} ms with "
-            f"the cache full ({mem['gc_full_collection_ms_empty_cache']} ms empty)."
+            f"the cache full ({mem['gc_full_collection_ms_empty_cache']} ms empty), "
+            f"{mem.get('gc_tracked_objects_per_entry', '-')} GC-tracked objects per entry."
+        )
+    scale = results.get("memory_gc_at_scale")
+    if scale:
+        console.print(
+            f"Full GC with {scale['cache_size_end']:,} cached tokens: "
+            f"{scale['gc_full_collection_ms_full_cache']} ms "
+            f"({scale.get('gc_tracked_objects_per_entry', '-')} GC-tracked objects per entry)."
         )
     st = results.get("stalls")
     if st:
@@ -265,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen-processes", type=int, default=1)
     parser.add_argument("--users", type=int, default=DEFAULT_USERS)
     parser.add_argument("--memory-tokens", type=int, default=None)
+    parser.add_argument(
+        "--gc-entries", type=int, default=100_000, help="also time a full GC at this cache size"
+    )
     parser.add_argument("--cache-size", type=int, default=10_000)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -298,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         tokens = args.memory_tokens or (20_000 if quick else 100_000)
         say(f"memory: {tokens:,} distinct tokens through decide")
         results["memory"] = _run_memory(tokens, args.cache_size)
+        if args.gc_entries:
+            say(f"memory: a full GC with {args.gc_entries:,} cached tokens")
+            results["memory_gc_at_scale"] = _run_memory(args.gc_entries, args.gc_entries)
     if "proxy" in sections:
         results["proxy"] = proxy_load.run(
             setup,

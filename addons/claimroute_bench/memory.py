@@ -55,6 +55,7 @@ async def _run(tokens: int, cache_size: int, checkpoints: int) -> dict[str, Any]
     gc.collect()
     gc.freeze()  # as the addon does once mitmdump is running
     gc_empty = _full_collection_ms()
+    tracked_empty = len(gc.get_objects())
     rss_start = rss_bytes()
     samples: list[dict[str, Any]] = []
     rss_full: int | None = None
@@ -88,6 +89,10 @@ async def _run(tokens: int, cache_size: int, checkpoints: int) -> dict[str, Any]
         "gc_full_collection_ms_empty_cache": round(gc_empty, 2),
         "gc_full_collection_ms_full_cache": round(gc_full, 2),
         "gc_tracked_objects_full_cache": len(gc.get_objects()),
+        # What each cached token adds to the collector's work (tracked objects, all included).
+        "gc_tracked_objects_per_entry": round(
+            (len(gc.get_objects()) - tracked_empty) / max(1, len(cache)), 3
+        ),
         "samples": samples,
         "alg": "HS256",
     }

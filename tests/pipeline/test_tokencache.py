@@ -419,3 +419,82 @@ def test_entry_validity_is_check_time(module_policy, exp, nbf, skew, max_lifetim
     except Rejection:
         expected = False
     assert entry.valid_at(now) is expected
+
+
+# -- what the collector sees ---------------------------------------------------------------------
+
+
+def _tracked_reachable(root: object) -> list[object]:
+    """Every object reachable from `root` (itself included) that the cyclic GC tracks."""
+    import gc
+
+    seen: set[int] = set()
+    stack, tracked = [root], []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if gc.is_tracked(obj):
+            tracked.append(obj)
+        stack.extend(gc.get_referents(obj))
+    return tracked
+
+
+async def test_a_record_adds_no_gc_tracked_objects(folder, issuer):
+    """Past the live set, an entry is atomic values only, in containers the GC does not track,
+    and a hit on it gives the same answers (then it is live again)."""
+    import gc
+
+    policy = make_policy(folder)
+    keys = sources(policy)
+    cache = TokenCache(10, live_size=1)
+    tokens = [mint(issuer, f"user{i}", org="beta" if i % 2 else "acme", roles=["a", "b"])
+              for i in range(4)]  # fmt: skip
+    cold = [await decide(view(token), policy, keys, NOW, cache) for token in tokens]
+    gc.collect()
+    assert len(cache._records) == 3 and len(cache._live) == 1
+    for container in (cache._records, cache._stamps, cache._order):
+        assert not gc.is_tracked(container)
+    for token in tokens[:3]:
+        assert _tracked_reachable(cache._records[token]) == []
+    warm = [await decide(view(token), policy, keys, NOW, cache) for token in tokens]
+    assert [d.record()["cache"] for d in warm] == ["hit"] * 4
+    for a, b in zip(cold, warm, strict=True):
+        assert (a.claims, a.sub, a.set_headers, a.route, a.rbac) == (
+            b.claims, b.sub, b.set_headers, b.route, b.rbac,
+        )  # fmt: skip
+        assert type(b.claims) is dict
+    # The identity rebuilt from a record is equal, field by field, to the one first built.
+    token = tokens[0]
+    fresh = identity_of(policy, policy.providers["corp"], cold[0].claims, token.split(".")[1])
+    await decide(view(tokens[1]), policy, keys, NOW, cache)  # tokens[0] is a record again
+    revived = cache.get(token, policy, keys, NOW)
+    assert revived is not None
+    for name in ("provider", "provider_name", "claims", "sub", "keep_token", "set_headers",
+                 "principals", "route_choices", "payload_b64"):  # fmt: skip
+        assert getattr(revived, name) == getattr(fresh, name), name
+    assert [c is None or c is r.fixed_choice or r.fixed_choice is None
+            for c, r in zip(revived.route_choices, policy.routes, strict=True)] == [True] * 3  # fmt: skip
+
+
+async def test_records_keep_the_lru_order_and_the_checks(folder, issuer, count_verifies):
+    policy = make_policy(folder)
+    keys = sources(policy)
+    cache = TokenCache(3, live_size=1)
+    tokens = [mint(issuer, f"user{i}") for i in range(5)]
+    for token in tokens[:3]:
+        await decide(view(token), policy, keys, NOW, cache)
+    await decide(view(tokens[0]), policy, keys, NOW, cache)  # 0 is now the most recent
+    for token in tokens[3:]:
+        await decide(view(token), policy, keys, NOW, cache)
+    assert len(cache) == 3
+    assert [t in cache for t in tokens] == [True, False, False, True, True]
+    assert cache.evictions == 2
+    # A record of another policy is a miss, and lets its policy go.
+    other = make_policy(folder)
+    assert cache.get(tokens[0], other, keys, NOW) is None
+    assert cache.invalidations == 1 and tokens[0] not in cache
+    assert len(cache._contexts) == 1
+    cache.clear()
+    assert len(cache) == 0 and cache._contexts == {}

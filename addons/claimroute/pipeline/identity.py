@@ -16,9 +16,13 @@ for, and the token cache drops it with that policy.
 
 from __future__ import annotations
 
+import base64
+import json
+import marshal
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from claimroute.config.jsonstrict import loads_strict
 from claimroute.pipeline.claimheaders import claim_headers
 from claimroute.policy.routes import RouteChoice, identity_choices
 
@@ -33,7 +37,7 @@ class Identity:
     dataclass would cost several microseconds more to build on that path).
     """
 
-    __slots__ = ("claims", "keep_token", "principals", "provider", "provider_name",
+    __slots__ = ("claims", "keep_token", "payload_b64", "principals", "provider", "provider_name",
                  "route_choices", "set_headers", "sub")  # fmt: skip
 
     def __init__(
@@ -43,6 +47,7 @@ class Identity:
         set_headers: tuple[tuple[str, str], ...],
         principals: tuple[bool, ...],
         route_choices: tuple[RouteChoice | None, ...],
+        payload_b64: str = "",
     ) -> None:
         self.provider = provider
         self.provider_name = provider.name if provider is not None else None
@@ -53,6 +58,7 @@ class Identity:
         self.set_headers = set_headers  # (header, value) pairs to set upstream
         self.principals = principals  # per RBAC rule, in evaluation order: a principal of it?
         self.route_choices = route_choices  # per route: where it sends this caller, or None
+        self.payload_b64 = payload_b64  # the token's payload segment the claims came from, or ""
 
     def __repr__(self) -> str:
         return f"Identity({self.provider_name}/{self.sub})"
@@ -75,4 +81,93 @@ def identity_of(
         if provider.forward_payload_header and payload_b64:
             headers += ((provider.forward_payload_header, payload_b64),)
     principals = policy.rbac.principal_hits(name, claims) if policy.rbac is not None else ()
-    return Identity(provider, claims, headers, principals, identity_choices(policy.routes, claims))
+    choices = identity_choices(policy.routes, claims)
+    return Identity(provider, claims, headers, principals, choices, payload_b64)
+
+
+# --- the compact form the token cache keeps ------------------------------------------------------
+#
+# An Identity is a handful of objects the cyclic garbage collector tracks (the Identity, the
+# claims' dicts and lists, a split's RouteChoice, the tuple holding it), and a full collection
+# walks every one of them: with 100,000 cached tokens that is a loop stall of a third of a
+# second. `identity_record` gives the same answers as bytes (the `marshal` form of nested tuples
+# of strings, numbers, bools and None), which the collector never tracks, so the token cache can
+# hold them at no collector cost; `identity_from_record` builds the Identity again. (Bytes
+# rather than the nested tuples themselves: CPython stops tracking a tuple of untracked values
+# when a collection sees it, but only one level of nesting per collection of its generation,
+# so nested tuples would stay tracked until a few full collections had passed.) The claims are
+# not kept when they are the token's own payload (they are parsed from the token again), else
+# as JSON text.
+# A route's choice is kept as None (no match), True (its fixed choice, the very object) or the
+# plain tuple of a split's RouteChoice fields.
+
+_FIXED = True
+_new_object = object.__new__
+_new_tuple = tuple.__new__
+
+
+def identity_record(identity: Identity, policy: Policy, token: str) -> bytes | None:
+    """`identity` (built for `policy` from `token`) as bytes, or None
+    when it cannot be rebuilt from them (a provider or routes not of `policy`, claims that are
+    not JSON)."""
+    provider = identity.provider
+    claims = identity.claims
+    if provider is None or claims is None or policy.providers.get(provider.name) is not provider:
+        return None
+    routes = policy.routes
+    choices = identity.route_choices
+    if len(routes) != len(choices):
+        return None
+    codes: list[Any] = []
+    for route, choice in zip(routes, choices, strict=True):
+        if choice is None:
+            codes.append(None)
+        elif choice is route.fixed_choice:
+            codes.append(_FIXED)
+        elif type(choice) is RouteChoice:
+            codes.append(tuple(choice))
+        else:
+            return None
+    payload = identity.payload_b64
+    source: str | None = None
+    if not payload or token.split(".")[1:2] != [payload]:
+        try:
+            source = json.dumps(claims)  # claims not from this token's payload (API callers)
+        except (TypeError, ValueError):
+            return None
+    form = (provider.name, identity.sub, identity.set_headers, identity.principals,
+            tuple(codes), source)  # fmt: skip
+    try:
+        return marshal.dumps(form)
+    except ValueError:  # not plain values (a caller's own types)
+        return None
+
+
+def identity_from_record(record: bytes, policy: Policy, token: str) -> Identity:
+    """The Identity `identity_record` was given (equal in every field), for the same policy."""
+    name, sub, headers, principals, codes, source = marshal.loads(record)
+    provider = policy.providers[name]
+    if source is None:
+        segment = token.split(".")[1]
+        claims = loads_strict(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    else:
+        claims = json.loads(source)
+    choices: list[RouteChoice | None] = []
+    for route, code in zip(policy.routes, codes, strict=True):
+        if code is None:
+            choices.append(None)
+        elif code is _FIXED:
+            choices.append(route.fixed_choice)
+        else:
+            choices.append(_new_tuple(RouteChoice, code))
+    identity: Identity = _new_object(Identity)
+    identity.provider = provider
+    identity.provider_name = name
+    identity.claims = claims
+    identity.sub = sub
+    identity.keep_token = provider.keep_token
+    identity.set_headers = headers
+    identity.principals = principals
+    identity.route_choices = tuple(choices)
+    identity.payload_b64 = "" if source is not None else token.split(".")[1]
+    return identity

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from mitmproxy.net.http.http1 import read_request_head
 from multidict import CIMultiDict
 
-from claimroute.match.conditions import normalize_path
 from claimroute.match.hostnames import canonical_host
+from claimroute.match.paths import normalize_path
 from claimroute.mitm.addon import request_view
 from claimroute.mitm.hygiene import request_problem
 from claimroute.pipeline.extract import extract_tokens

@@ -7,7 +7,7 @@ from mitmproxy.http import Headers
 
 from claimroute.config.source import parse_yaml_text
 from claimroute.errors import PolicyError
-from claimroute.match.conditions import normalize_path
+from claimroute.match.paths import normalize_path
 from claimroute.match.request import RequestView
 from claimroute.policy.rbac import parse_rbac
 

@@ -10,7 +10,6 @@ from claimroute.config import readers as schema
 from claimroute.config.source import Loc
 from claimroute.match.hostnames import canonical_host
 from claimroute.match.matchers import HeadersMatcher, PolicyRegex, compile_headers, compile_regex
-from claimroute.match.paths import normalize_path  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from claimroute.match.request import RequestView

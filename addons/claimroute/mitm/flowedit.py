@@ -4,7 +4,7 @@ mitmproxy's `Headers` keeps the fields as a tuple of bytes pairs; every `headers
 `del headers[name]` or `name in headers` encodes the name and lower-cases every field again,
 and every write rebuilds the tuple. The request path needs a dozen such steps per request, so
 here they are done on one list and written once. Each function says which sequence of
-mitmproxy operations it is equivalent to (tests/test_flowedit.py checks it against them).
+mitmproxy operations it is equivalent to (tests/mitm/test_flowedit.py checks it against them).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from mitmproxy import http
 from claimroute import errors as E
 from claimroute.errors import Rejection
 from claimroute.match.hostnames import canonical_host, host_value_problem
+from claimroute.mitm.flowedit import HeaderSnapshot
 
 FRAGMENT = "Fragment in the request target"
 BAD_TARGET = "Invalid request target"
@@ -38,18 +39,17 @@ COOKIE_TOO_LONG = "Cookie header too large"
 # controls and space (a second request line could be written after them), `#` (a fragment is
 # never sent: `/admin#/../x` is `/x` to a normaliser and `/admin` to the upstream).
 _TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f#]")
-# How lenient cookie parsers (aiohttp's, Python's SimpleCookie, many frameworks) split a
-# Cookie header: at `;`, at `,` (the old RFC 2109 separator) and at whitespace. None of them
-# can be part of a cookie value (RFC 6265 §4.1.1), so a token cookie never spans them.
 # RFC 9110 §5.5: a field value holds no control character but HTAB. CR, LF and NUL would let a
 # lenient upstream read a header of its own; the others (VT, FF, ...) are whitespace to
 # parsers that split loosely, e.g. `\x0bBearer <token>` read as a bearer token.
-_LINE_BREAK_OR_NUL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_LENIENT_COOKIE_SPLIT = re.compile(r"[;,\s]+")
+_CONTROL_CHARACTER = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# How lenient cookie parsers (aiohttp's, Python's SimpleCookie, many frameworks) find cookie
+# names: after `;`, `,` (the old RFC 2109 separator) or whitespace, with whitespace allowed
+# before `=`. None of those can be part of a cookie value (RFC 6265 §4.1.1).
+_LENIENT_COOKIE_NAME = re.compile(r'(?:^|[;,\s])([^=;,\s"]+)\s*=')
 # A token cookie as the only thing between two `;`: a cookie name, `=`, and a value of the
 # characters a JWT (or another bearer token) holds, optionally in double quotes.
 _PLAIN_TOKEN_COOKIE = re.compile(r'[^=\s;,"]+=("[A-Za-z0-9\-._~+/=]*"|[A-Za-z0-9\-._~+/=]*)')
-_LENIENT_COOKIE_NAME = re.compile(r'(?:^|[;,\s])([^=;,\s"]+)\s*=')
 
 
 def _bad(reason: str, status: int = 400) -> Rejection:
@@ -79,14 +79,9 @@ def header_problem(fields: tuple[tuple[bytes, bytes], ...]) -> Rejection | None:
     (`X: a\\r\\n b`) or a bare CR is forwarded as sent, and a lenient upstream reads a header
     of its own out of it."""
     # One search over all values joined (by a space, which is allowed): cheaper than a loop.
-    if _LINE_BREAK_OR_NUL.search(b" ".join([value for _, value in fields])):
+    if _CONTROL_CHARACTER.search(b" ".join([value for _, value in fields])):
         return _bad(BAD_HEADER)
     return None
-
-
-def _host_values(fields: tuple[tuple[bytes, bytes], ...]) -> list[str]:
-    """The Host header's values, decoded as mitmproxy decodes them."""
-    return [v.decode("utf-8", "surrogateescape") for k, v in fields if k.lower() == b"host"]
 
 
 def host_problem(request: http.Request, values: list[str] | None = None) -> Rejection | None:
@@ -94,7 +89,7 @@ def host_problem(request: http.Request, values: list[str] | None = None) -> Reje
     `:authority`) a plain `host[:port]`: no userinfo, no percent-escapes, no spaces. `values`:
     the Host values when the caller has them already."""
     if values is None:
-        values = _host_values(request.headers.fields)
+        values = HeaderSnapshot(request.headers.fields).get_all("host")
     if len(values) > 1:
         return _bad(MULTIPLE_HOSTS)
     authority = request.authority
@@ -112,7 +107,7 @@ def host_names(
     upstream modes; in reverse mode the operator chose it). Host rules read all of them.
     `values`: the Host values when the caller has them already."""
     if values is None:
-        values = _host_values(request.headers.fields)
+        values = HeaderSnapshot(request.headers.fields).get_all("host")
     names = [canonical_host(value) for value in values]
     if request.authority:
         names.append(canonical_host(request.authority))

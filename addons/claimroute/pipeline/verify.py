@@ -77,7 +77,7 @@ def _b64decode(segment: str, what: str) -> bytes:
     # segment is mapped to the standard alphabet (with '+', '/' and '=' mapped to '!', which no
     # base64 alphabet has) and decoded in strict mode, which refuses any character outside the
     # standard alphabet and any padding other than the one added here. Non-ASCII text fails to
-    # encode. tests/test_verify.py checks this against the reference definition.
+    # encode. tests/pipeline/test_verify.py checks this against the reference definition.
     remainder = len(segment) & 3
     if remainder == 1 or not segment:
         raise invalid_token(f"Jwt {what} is not valid base64url")

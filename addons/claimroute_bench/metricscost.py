@@ -25,8 +25,8 @@ from claimroute.pipeline.decide import Decision, decide
 from claimroute.pipeline.keysources import build_key_sources
 from claimroute.pipeline.tokencache import TokenCache
 from claimroute.policy.load import load_policy
-from claimroute_bench.micro import UPSTREAM, _abatch, _batch, _stats, _view
-from claimroute_bench.scenario import REQUEST_PATH, Setup
+from claimroute_bench.micro import UPSTREAM, _abatch, _batch, _stats, _view, hook_flows
+from claimroute_bench.scenario import Setup
 
 
 class _NoMetrics:
@@ -53,7 +53,7 @@ async def _decisions(setup: Setup, tokens: list[str]) -> list[Decision]:
 
 
 async def _hook(setup: Setup, tokens: list[str], repeats: int) -> dict[str, dict[str, float]]:
-    from mitmproxy.test import taddons, tflow, tutils
+    from mitmproxy.test import taddons
 
     from claimroute.mitm.addon import ClaimRoute
 
@@ -65,14 +65,7 @@ async def _hook(setup: Setup, tokens: list[str], repeats: int) -> dict[str, dict
         tctx.configure(addon, claimroute=str(policy_path))
 
         def flows() -> list[Any]:
-            out = []
-            for token in tokens:
-                flow = tflow.tflow(req=tutils.treq(host="api.bench.test", port=80,
-                                                   path=REQUEST_PATH))  # fmt: skip
-                flow.request.headers["host"] = "api.bench.test"
-                flow.request.headers["authorization"] = f"Bearer {token}"
-                out.append(flow)
-            return out
+            return hook_flows(tokens)
 
         for flow in flows():  # first sight: fills the cache
             await addon.requestheaders(flow)

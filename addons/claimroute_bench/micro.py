@@ -144,8 +144,21 @@ async def _measure(setup: Setup, tokens: list[str], repeats: int) -> dict[str, A
     return results
 
 
+def hook_flows(tokens: list[str]) -> list[Any]:
+    """One test flow per token, as the benchmark policy's clients send it."""
+    from mitmproxy.test import tflow, tutils
+
+    out = []
+    for token in tokens:
+        flow = tflow.tflow(req=tutils.treq(host="api.bench.test", port=80, path=REQUEST_PATH))
+        flow.request.headers["host"] = "api.bench.test"
+        flow.request.headers["authorization"] = f"Bearer {token}"
+        out.append(flow)
+    return out
+
+
 async def _measure_hook(setup: Setup, tokens: list[str], repeats: int) -> dict[str, float]:
-    from mitmproxy.test import taddons, tflow, tutils
+    from mitmproxy.test import taddons
 
     from claimroute.mitm.addon import ClaimRoute
 
@@ -156,14 +169,7 @@ async def _measure_hook(setup: Setup, tokens: list[str], repeats: int) -> dict[s
         tctx.configure(addon, claimroute=str(policy_path))
 
         def flows() -> list[Any]:
-            out = []
-            for token in tokens:
-                flow = tflow.tflow(req=tutils.treq(host="api.bench.test", port=80,
-                                                   path=REQUEST_PATH))  # fmt: skip
-                flow.request.headers["host"] = "api.bench.test"
-                flow.request.headers["authorization"] = f"Bearer {token}"
-                out.append(flow)
-            return out
+            return hook_flows(tokens)
 
         for flow in flows():  # first sight: fills the cache
             await addon.requestheaders(flow)

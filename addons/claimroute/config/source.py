@@ -138,7 +138,7 @@ class _ShapeCheck:
 
     def _reached(self, level: int, event: Any) -> None:
         if level > MAX_DEPTH:
-            raise _event_error(event, f"nested deeper than {MAX_DEPTH} levels", self.file)
+            raise yamlload.too_deep(_line(event.start_mark), MAX_DEPTH, self.file)
         frames = self.frames
         if frames and level > frames[-1][3]:
             frames[-1][3] = level
@@ -147,8 +147,10 @@ class _ShapeCheck:
         frames = self.frames
         if isinstance(event, AliasEvent):
             if event.anchor not in self.sizes:
-                raise _event_error(
-                    event, f"alias *{event.anchor} is used inside the node it names", self.file
+                raise yamlload.yaml_error(
+                    _line(event.start_mark),
+                    f"alias *{event.anchor} is used inside the node it names",
+                    self.file,
                 )
             size, height = self.sizes[event.anchor]
             self.nodes += size
@@ -169,12 +171,7 @@ class _ShapeCheck:
             if event.anchor is not None:
                 self.sizes[event.anchor] = (1, 0)
         if self.nodes > MAX_NODES:
-            raise _event_error(
-                event,
-                f"more than {MAX_NODES} values (an alias counts as every value it repeats); "
-                "a policy this large is a mistake or an alias bomb",
-                self.file,
-            )
+            raise yamlload.too_many(_line(event.start_mark), MAX_NODES, self.file)
 
 
 class _CheckedParser(RoundTripParser):
@@ -223,10 +220,9 @@ def _loader(file: str) -> YAML:
     return yaml
 
 
-def _event_error(event: Any, message: str, file: str) -> PolicyError:
-    mark = event.start_mark
-    line = mark.line + 1 if mark is not None else None
-    return PolicyError(f"invalid YAML: {message}", file=file, key_path="", line=line)
+def _line(mark: Any) -> int | None:
+    """The 1-based line of a ruamel mark, if there is one."""
+    return mark.line + 1 if mark is not None else None
 
 
 def parse_yaml_text(text: str, file: str) -> tuple[Any, Loc]:
@@ -247,16 +243,15 @@ def _parse_with_ruamel(text: str, file: str) -> tuple[Any, dict[PathKey, int]]:
     try:
         raw = _loader(file).load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
-        raise PolicyError(f"invalid YAML: {problem}", file=file, key_path="", line=line) from None
-    except (YAMLError, RecursionError) as exc:
-        raise PolicyError(f"invalid YAML: {exc}", file=file, key_path="", line=None) from None
+        raise yamlload.yaml_error(
+            _line(exc.problem_mark or exc.context_mark), problem, file
+        ) from None
     except PolicyError:  # from the shape check
         raise
-    except (ValueError, IndexError, TypeError) as exc:  # e.g. a date ruamel cannot build
-        raise PolicyError(f"invalid YAML: {exc}", file=file, key_path="", line=None) from None
+    # ValueError, IndexError, TypeError: e.g. a date ruamel cannot build
+    except (YAMLError, RecursionError, ValueError, IndexError, TypeError) as exc:
+        raise yamlload.yaml_error(None, str(exc), file) from None
     lines: dict[PathKey, int] = {}
     try:
         value = _plain(raw, (), lines)
@@ -289,6 +284,16 @@ def read_file(path: str | Path) -> tuple[bytes, Stamp]:
     return Path(path).read_bytes(), stamp
 
 
+def read_document_file(path: str | Path) -> tuple[bytes, Stamp]:
+    """`read_file`, with a missing or unreadable file as a PolicyError naming it."""
+    try:
+        return read_file(path)
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot read file: {exc.strerror}", file=str(path), key_path="", line=None
+        ) from None
+
+
 def parse_yaml_bytes(data: bytes, file: str) -> tuple[Any, Loc]:
     """Decode (UTF-8) and parse a file's bytes; errors name `file`."""
     try:
@@ -300,11 +305,5 @@ def parse_yaml_bytes(data: bytes, file: str) -> tuple[Any, Loc]:
 
 def load_yaml_file(path: str | Path) -> tuple[Any, Loc]:
     """Read and parse a YAML file; a missing or unreadable file is a PolicyError too."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise PolicyError(
-            f"cannot read file: {exc.strerror}", file=name, key_path="", line=None
-        ) from None
-    return parse_yaml_bytes(data, name)
+    data, _ = read_document_file(path)
+    return parse_yaml_bytes(data, str(path))

@@ -242,8 +242,22 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _error(line: int, message: str, file: str) -> PolicyError:
+def yaml_error(line: int | None, message: str, file: str) -> PolicyError:
+    """The PolicyError for a document that cannot be read (both paths raise these)."""
     return PolicyError(f"invalid YAML: {message}", file=file, key_path="", line=line)
+
+
+def too_deep(line: int | None, max_depth: int, file: str) -> PolicyError:
+    return yaml_error(line, f"nested deeper than {max_depth} levels", file)
+
+
+def too_many(line: int | None, max_nodes: int, file: str) -> PolicyError:
+    return yaml_error(
+        line,
+        f"more than {max_nodes} values (an alias counts as every value it repeats); "
+        "a policy this large is a mistake or an alias bomb",
+        file,
+    )
 
 
 _NO_KEY = object()
@@ -323,7 +337,7 @@ def _build(
                 try:
                     value = resolve_plain(value)
                 except _BadScalar as exc:
-                    raise _error(line, f"cannot read {event.value!r}: {exc}", file) from None
+                    raise yaml_error(line, f"cannot read {event.value!r}: {exc}", file) from None
             if anchor is not None:
                 anchors[anchor] = (value, 0, 0, 0, 1, 0, line)
             if frames:
@@ -347,14 +361,14 @@ def _build(
                     raise Unsupported("a block scalar as the document")  # `#` lines differ
                 root, has_root = value, True
             if nodes > max_nodes:
-                raise _too_many(line, max_nodes, file)
+                raise too_many(line, max_nodes, file)
 
         elif kind is MappingStartEvent or kind is SequenceStartEvent:
             nodes += 1
             line = event.start_mark.line + 1
             level = len(frames) + 1
             if level > max_depth:
-                raise _error(line, f"nested deeper than {max_depth} levels", file)
+                raise too_deep(line, max_depth, file)
             if event.tag is not None:
                 raise Unsupported("tag")
             container = {} if kind is MappingStartEvent else []
@@ -362,19 +376,7 @@ def _build(
                 frame = frames[-1]
                 if level > frame[_DEEPEST]:
                     frame[_DEEPEST] = level
-                parent = frame[_CONT]
-                if type(parent) is list:
-                    path = (*frame[_PATH], len(parent))
-                    entries.append((path, line))
-                    parent.append(container)
-                elif frame[_KEY] is _NO_KEY:
-                    raise Unsupported("a collection as a key")
-                else:
-                    key = frame[_KEY]
-                    path = (*frame[_PATH], key)
-                    entries.append((path, frame[_KEY_LINE]))
-                    parent[key] = container
-                    frame[_KEY] = _NO_KEY
+                path = _attach(frame, container, line, entries, "a collection")
             else:
                 path = ()
                 root, has_root = container, True
@@ -387,7 +389,7 @@ def _build(
                 [container, path, _NO_KEY, 0, anchor, nodes - 1, level, level, len(entries), line]
             )
             if nodes > max_nodes:
-                raise _too_many(line, max_nodes, file)
+                raise too_many(line, max_nodes, file)
 
         elif kind is MappingEndEvent or kind is SequenceEndEvent:
             frame = frames.pop()
@@ -418,28 +420,15 @@ def _build(
             nodes += size
             level = len(frames) + height
             if level > max_depth:
-                raise _error(line, f"nested deeper than {max_depth} levels", file)
+                raise too_deep(line, max_depth, file)
             if frames and level > frames[-1][_DEEPEST]:
                 frames[-1][_DEEPEST] = level
             if nodes > max_nodes:
-                raise _too_many(line, max_nodes, file)
+                raise too_many(line, max_nodes, file)
             value = _copy(value)
             if frames:
-                frame = frames[-1]
-                parent = frame[_CONT]
-                if type(parent) is list:
-                    # ruamel's composer hands the anchored node itself: its line is the item's
-                    path = (*frame[_PATH], len(parent))
-                    entries.append((path, node_line))
-                    parent.append(value)
-                elif frame[_KEY] is _NO_KEY:
-                    raise Unsupported("an alias as a key")
-                else:
-                    key = frame[_KEY]
-                    path = (*frame[_PATH], key)
-                    entries.append((path, frame[_KEY_LINE]))
-                    parent[key] = value
-                    frame[_KEY] = _NO_KEY
+                # ruamel's composer hands the anchored node itself: as a list item, its line
+                path = _attach(frames[-1], value, node_line, entries, "an alias")
             else:
                 path = ()
                 root, has_root = value, True
@@ -459,10 +448,23 @@ def _build(
     return root, dict(entries)
 
 
-def _too_many(line: int, max_nodes: int, file: str) -> PolicyError:
-    return _error(
-        line,
-        f"more than {max_nodes} values (an alias counts as every value it repeats); "
-        "a policy this large is a mistake or an alias bomb",
-        file,
-    )
+def _attach(frame: list[Any], value: Any, item_line: int, entries: list, what: str) -> PathKey:
+    """Put a collection or an alias's copy into the open collection `frame`; its path.
+
+    In a list it is the next item, on `item_line`; in a mapping it is the value of the pending
+    key, on the key's line. Where a key is due it cannot go (`what` names it for ruamel).
+    """
+    parent = frame[_CONT]
+    if type(parent) is list:
+        path = (*frame[_PATH], len(parent))
+        entries.append((path, item_line))
+        parent.append(value)
+        return path
+    key = frame[_KEY]
+    if key is _NO_KEY:
+        raise Unsupported(f"{what} as a key")
+    path = (*frame[_PATH], key)
+    entries.append((path, frame[_KEY_LINE]))
+    parent[key] = value
+    frame[_KEY] = _NO_KEY
+    return path

@@ -333,14 +333,20 @@ def key_set_from_jwks(
                 key, kid=kid, jwk_alg=jwk.get("alg"), allowed=allowed_algorithms, origin=where
             )
         except Exception as exc:  # untrusted key material: joserfc may raise anything
-            if strict or isinstance(exc, RemoteOctKeyError):
-                raise _as_key_error(exc, where) from None
-            error = _as_key_error(exc, where)
-            log.warning("%s; the key is skipped", log_safe(error, _SHOWN_LOG_CHARS))
+            _raise_or_skip(exc, where, strict=strict)
             continue
         if verification_key is not None:
             keys.append(verification_key)
     return _finish(keys, origin)
+
+
+def _raise_or_skip(exc: Exception, where: str, *, strict: bool) -> None:
+    """One key failed to import: raise when `strict` (or for an HMAC key in a remote set,
+    which refuses the whole set); otherwise log why, and the caller skips the key."""
+    error = _as_key_error(exc, where)
+    if strict or isinstance(exc, RemoteOctKeyError):
+        raise error from None
+    log.warning("%s; the key is skipped", log_safe(error, _SHOWN_LOG_CHARS))
 
 
 def _as_key_error(exc: Exception, where: str) -> KeyMaterialError:
@@ -444,10 +450,7 @@ def key_set_from_certificates(
                 key, kid=kid, jwk_alg=None, allowed=allowed_algorithms, origin=where
             )
         except Exception as exc:  # untrusted key material: cryptography may raise anything
-            error = _as_key_error(exc, where)
-            if strict:
-                raise error from None
-            log.warning("%s; the key is skipped", log_safe(error, _SHOWN_LOG_CHARS))
+            _raise_or_skip(exc, where, strict=strict)
             continue
         if verification_key is not None:
             keys.append(verification_key)

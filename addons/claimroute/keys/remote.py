@@ -97,7 +97,6 @@ class RemoteKeySource:
         self._backoff_cap = min(BACKOFF_CAP, config.cache_duration)
         self._keys: KeySet | None = None
         self._fetched_at: float | None = None  # clock() of the last success
-        self._stale_after = config.max_stale  # None: keys are kept however old
         self.stale_drops = 0  # how many times keys were dropped for being older than max_stale
         self._jwks_url: str | None = config.url  # with discovery: the last discovered jwks_uri
         self._session: aiohttp.ClientSession | None = None
@@ -125,7 +124,7 @@ class RemoteKeySource:
     def current(self) -> KeySet | None:
         """The last good key set, or None if no fetch has succeeded yet (or, with `max_stale`,
         none has for that long). Never blocks."""
-        if self._stale_after is not None and self._keys is not None:
+        if self.config.max_stale is not None and self._keys is not None:
             self._drop_if_stale()
         return self._keys
 
@@ -169,7 +168,7 @@ class RemoteKeySource:
             "refetches": self.refetches,
             "last_error": self.last_error,
             "last_success": self.last_success,
-            "max_stale": self._stale_after,
+            "max_stale": self.config.max_stale,
             # True while the keys are dropped because no fetch has succeeded for max_stale.
             "stale": keys is None and self.stale_drops > 0,
             "stale_drops": self.stale_drops,
@@ -177,9 +176,9 @@ class RemoteKeySource:
 
     def _drop_if_stale(self) -> None:
         """Drop the keys once the last successful fetch is older than `max_stale`."""
-        assert self._stale_after is not None and self._fetched_at is not None
+        assert self.config.max_stale is not None and self._fetched_at is not None
         age = self._clock() - self._fetched_at
-        if age <= self._stale_after:
+        if age <= self.config.max_stale:
             return
         self._keys = None
         self.stale_drops += 1
@@ -189,7 +188,7 @@ class RemoteKeySource:
             self.name,
             log_safe(self.source_url),
             age,
-            self._stale_after,
+            self.config.max_stale,
             f" (last error: {log_safe(self.last_error)})" if self.last_error else "",
         )
 

@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from claimroute.config import readers as schema
-from claimroute.config.source import Loc, parse_yaml_bytes, parse_yaml_text, read_file
-from claimroute.errors import PolicyError
+from claimroute.config.source import (
+    Loc,
+    parse_yaml_bytes,
+    parse_yaml_text,
+    read_document_file,
+    read_file,
+)
 from claimroute.keys.keyset import SUPPORTED_ALGORITHMS, KeyMaterialError, key_set_from_text
 from claimroute.match.claimpath import parse_claim_path
 from claimroute.pipeline.identity import identity_of
@@ -135,12 +140,16 @@ def _parse_token_source(value: Any, loc: Loc) -> TokenSource:
     return TokenSource(tuple(headers), params, cookies)
 
 
-def _identity_header(value: Any, loc: Loc, what: str) -> str:
-    """A header the proxy sets from a verified token (lower-cased; never a reserved one)."""
-    header = schema.header_name(value, loc)
+def _settable_header(header: str, loc: Loc, what: str) -> str:
+    """`header` (lower-case), which the proxy is to set: never a reserved one."""
     if header in RESERVED_HEADERS or header.startswith(":"):
         raise loc.error(f"header {header!r} cannot carry {what}")
     return header
+
+
+def _identity_header(value: Any, loc: Loc, what: str) -> str:
+    """A header the proxy sets from a verified token (lower-cased; never a reserved one)."""
+    return _settable_header(schema.header_name(value, loc), loc, what)
 
 
 def _parse_claims_to_headers(value: Any, loc: Loc) -> tuple[ClaimHeader, ...]:
@@ -213,8 +222,7 @@ def _check_cohort_headers(
         header = route.cohort_header
         if header is not None:
             header_loc = loc / index / "cohort_header"
-            if header in RESERVED_HEADERS or header.startswith(":"):
-                raise header_loc.error(f"header {header!r} cannot carry the cohort")
+            _settable_header(header, header_loc, "the cohort")
             if header in token_headers:
                 raise header_loc.error(f"{header!r} carries tokens; the cohort cannot go there")
             if header in claim_headers:
@@ -316,12 +324,7 @@ def load_policy(path: str | Path) -> Policy:
     """
     path = Path(path)
     name = str(path)
-    try:
-        data, stamp = read_file(path)
-    except OSError as exc:
-        raise PolicyError(
-            f"cannot read file: {exc.strerror}", file=name, key_path="", line=None
-        ) from None
+    data, stamp = read_document_file(path)
     document, root = parse_yaml_bytes(data, name)
     policy = parse_policy(document, root, base=path.resolve().parent, fingerprint="")
     digest = hashlib.sha256(data)

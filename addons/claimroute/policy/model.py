@@ -157,29 +157,25 @@ class Policy:
     # True with `cors_preflight: bypass`: a CORS preflight passes without a token, as anonymous.
     cors_preflight_bypass: bool = False
 
+    def _key_file_jwks(self) -> list[tuple[str, LocalJwks]]:
+        """(path, jwks) of every provider whose keys come from a key file, in provider order."""
+        return [
+            (p.jwks.path, p.jwks)
+            for p in self.providers.values()
+            if isinstance(p.jwks, LocalJwks) and p.jwks.path is not None
+        ]
+
     @property
     def key_files(self) -> tuple[str, ...]:
         """The local key files the policy reads; a change to one reloads the policy too."""
-        return tuple(
-            p.jwks.path
-            for p in self.providers.values()
-            if isinstance(p.jwks, LocalJwks) and p.jwks.path is not None
-        )
+        return tuple(path for path, _ in self._key_file_jwks())
 
     @property
     def key_file_digests(self) -> tuple[str, ...]:
         """Digests of the key files as read, in the order of `key_files`."""
-        return tuple(
-            p.jwks.digest
-            for p in self.providers.values()
-            if isinstance(p.jwks, LocalJwks) and p.jwks.path is not None
-        )
+        return tuple(jwks.digest for _, jwks in self._key_file_jwks())
 
     @property
     def key_file_stamps(self) -> tuple[tuple[str, Stamp], ...]:
         """(path, stamp before reading) of each key file, in the order of `key_files`."""
-        return tuple(
-            (p.jwks.path, p.jwks.stamp)
-            for p in self.providers.values()
-            if isinstance(p.jwks, LocalJwks) and p.jwks.path is not None
-        )
+        return tuple((path, jwks.stamp) for path, jwks in self._key_file_jwks())

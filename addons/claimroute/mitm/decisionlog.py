@@ -12,18 +12,14 @@ from typing import IO, Any
 
 from mitmproxy import http
 
+from claimroute.mitm.flowedit import strip_key
 from claimroute.pipeline.decide import Decision
 from claimroute.policy.model import Policy
 
 DEFAULT_REQUEST_ID_HEADER = "x-request-id"  # Envoy's and Gloo's request id
 MAX_REQUEST_ID_CHARS = 200  # a client chooses it: the log line stays bounded
 MAX_LOG_URL_CHARS = 1000  # the decision log's url (scheme, host, path; never the query)
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-
-
-def _header_form(name: str) -> str:
-    """A header name as identity headers are compared: lower-case, `_` read as `-`."""
-    return name.strip().lower().replace("_", "-")
+_CREDENTIAL_KEYS = frozenset({b"authorization", b"proxy-authorization", b"cookie"})  # strip_key
 
 
 def comment(decision: Decision) -> str:
@@ -51,11 +47,12 @@ def request_id(request: http.Request, policy: Policy, header: str | None) -> str
     """
     if header is None:
         return None
-    key = _header_form(header)
-    if key in _CREDENTIAL_HEADERS or any(
-        key == _header_form(location) for location, _ in policy.token_locations.header_prefixes
-    ):
+    key = strip_key(header.strip())
+    if key in _CREDENTIAL_KEYS:
         return None
+    for location, _ in policy.token_locations.header_prefixes:
+        if key == strip_key(location):
+            return None
     value = request.headers.get(header)
     return value[:MAX_REQUEST_ID_CHARS] if value is not None else None
 

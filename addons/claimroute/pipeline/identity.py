@@ -130,7 +130,7 @@ def identity_record(identity: Identity, policy: Policy, token: str) -> bytes | N
             return None
     payload = identity.payload_b64
     source: str | None = None
-    if not payload or token.split(".")[1:2] != [payload]:
+    if not payload or token.split(".", 2)[1:2] != [payload]:
         try:
             source = json.dumps(claims)  # claims not from this token's payload (API callers)
         except (TypeError, ValueError):
@@ -147,10 +147,11 @@ def identity_from_record(record: bytes, policy: Policy, token: str) -> Identity:
     """The Identity `identity_record` was given (equal in every field), for the same policy."""
     name, sub, headers, principals, codes, source = marshal.loads(record)
     provider = policy.providers[name]
-    if source is None:
-        segment = token.split(".")[1]
-        claims = loads_strict(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    if source is None:  # the claims are the token's payload, verified when it was stored
+        payload = token.split(".", 2)[1]
+        claims = loads_strict(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     else:
+        payload = ""
         claims = json.loads(source)
     choices: list[RouteChoice | None] = []
     for route, code in zip(policy.routes, codes, strict=True):
@@ -169,5 +170,5 @@ def identity_from_record(record: bytes, policy: Policy, token: str) -> Identity:
     identity.set_headers = headers
     identity.principals = principals
     identity.route_choices = tuple(choices)
-    identity.payload_b64 = "" if source is not None else token.split(".")[1]
+    identity.payload_b64 = payload
     return identity

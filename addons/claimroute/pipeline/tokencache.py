@@ -20,9 +20,10 @@ No collector pauses at scale: an Identity is several objects the cyclic garbage 
 tracks, and a full collection walks every tracked object (about 30 ms with 10,000 cached
 tokens, a third of a second with 100,000, during which no request moves). So only the
 `live_size` most recently used tokens keep their Identity object (a hit on one of them costs
-nothing more than before); the others are kept as a record of atomic values in nested tuples
-(`identity.identity_record`, made when the token is stored), in plain dicts whose keys and
-values are all untracked, so that the collector tracks neither the records nor the dicts.
+nothing more than before); the others are kept as a record (a flat tuple of atomic values
+and the bytes of `identity.identity_record`, made when the token is stored), in plain dicts
+whose keys and values are all untracked, so that the collector tracks neither the records nor
+the dicts.
 Policy and key set are referred to by a number (`_contexts`, one per pair in use, holding the
 objects, so that the identity comparison above is unchanged). A hit on a record rebuilds the
 Identity (`identity.identity_from_record`: equal in every field) and makes it live again; the

@@ -126,10 +126,7 @@ class Rbac:
         It reads only the caller, so it is worked out once per verified token (see
         `identity.Identity`) and `decide` only checks the permissions per request.
         """
-        if trace is not None:
-            rules = self._rules
-            return tuple([policy.is_principal(provider, claims, trace) for policy, _ in rules])
-        return tuple([policy.is_principal(provider, claims) for policy, _ in self._rules])
+        return tuple([policy.is_principal(provider, claims, trace) for policy, _ in self._rules])
 
     def evaluate(
         self, request: RequestView, provider: str | None, claims: Mapping[str, Any] | None

@@ -84,16 +84,14 @@ class Split:
     boundaries: tuple[int, ...]  # exclusive upper bucket of each target
     # Hashed instead of `by` when `by` has no value (empty: no fallback claim).
     fallback_by: tuple[ClaimPath, ...] = ()
-    # Where a caller without a value for `by` goes: the first target with a positive weight
+    # The target a caller without a value for `by` goes to: the first with a positive weight
     # (a target at weight 0 is drained, for them too).
-    fallback: Upstream = field(init=False, repr=False, compare=False)
     fallback_index: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         lower = 0
-        for index, (target, upper) in enumerate(zip(self.targets, self.boundaries, strict=True)):
+        for index, (_, upper) in enumerate(zip(self.targets, self.boundaries, strict=True)):
             if upper > lower:
-                object.__setattr__(self, "fallback", target)
                 object.__setattr__(self, "fallback_index", index)
                 return
             lower = upper
@@ -131,18 +129,25 @@ class Route:
     preserve_host: bool
     cohort_header: str | None = None  # lower-case; set to `cohort_text` of the choice
     baggage: bool = False  # add the cohort as W3C baggage members `claimroute.*`
-    # Built once: the choice of a route with a fixed upstream (choices are immutable), and the
-    # salt and route name part of a split's bucket input, encoded (schema.string guarantees
-    # both are valid Unicode).
+    # Built once (choices are immutable): the choice of a route with a fixed upstream, the
+    # choice of each split target without a bucket (cohort texts percent-encoded here, so a
+    # caller hashed into a split only appends its bucket), and the salt and route name part of
+    # a split's bucket input, encoded (schema.string guarantees both are valid Unicode).
     fixed_choice: RouteChoice | None = field(init=False, repr=False, compare=False)
+    target_choices: tuple[RouteChoice, ...] = field(init=False, repr=False, compare=False)
     bucket_prefix: bytes | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fixed = None
+        prefix = None
+        targets: tuple[RouteChoice, ...] = ()
         if self.upstream is not None:
-            fixed = _choice(self, self.upstream, None)
+            fixed = _choice(self, self.upstream)
+        if self.split is not None:
+            targets = tuple(_choice(self, target) for target in self.split.targets)
+            prefix = _bucket_prefix(self.split.salt, self.name)
         object.__setattr__(self, "fixed_choice", fixed)
-        prefix = _bucket_prefix(self.split.salt, self.name) if self.split is not None else None
+        object.__setattr__(self, "target_choices", targets)
         object.__setattr__(self, "bucket_prefix", prefix)
 
 
@@ -223,11 +228,15 @@ def cohort_quote(text: str) -> str:
     return quote(text, safe=":/")
 
 
+def _bucket_text(bucket: int) -> str:
+    return f"{bucket:04d}"
+
+
 def cohort_pairs(route_name: str, target_url: str, bucket: int | None) -> list[tuple[str, str]]:
     """The (key, encoded value) pairs that describe where a caller went."""
     pairs = [("route", cohort_quote(route_name)), ("target", cohort_quote(target_url))]
     if bucket is not None:
-        pairs.append(("bucket", f"{bucket:04d}"))
+        pairs.append(("bucket", _bucket_text(bucket)))
     return pairs
 
 
@@ -294,13 +303,31 @@ def cohort_headers(choice: RouteChoice | None, request: RequestView) -> tuple[tu
     return headers
 
 
-def _choice(route: Route, target: Upstream, bucket: int | None) -> RouteChoice:
+def _choice(route: Route, target: Upstream) -> RouteChoice:
+    """The choice of `target` without a bucket (at load)."""
     cohort: tuple[tuple[str, str], ...] = ()
     if route.cohort_header is not None:
-        cohort = ((route.cohort_header, cohort_text(route.name, target.url, bucket)),)
-    baggage = baggage_members(route.name, target.url, bucket) if route.baggage else None
+        cohort = ((route.cohort_header, cohort_text(route.name, target.url, None)),)
+    baggage = baggage_members(route.name, target.url, None) if route.baggage else None
     return RouteChoice(
         route.name, target.url, target.scheme, target.host, target.port, route.preserve_host,
+        None, cohort, baggage,
+    )  # fmt: skip
+
+
+def _with_bucket(base: RouteChoice, bucket: int) -> RouteChoice:
+    """`base` (a target's choice without a bucket) for a caller hashed into `bucket`: the
+    bucket pair appended to its cohort texts, as `cohort_pairs` appends it."""
+    cohort = base.cohort
+    baggage = base.baggage
+    if cohort or baggage is not None:
+        pair = f"bucket={_bucket_text(bucket)}"
+        if cohort:
+            cohort = ((cohort[0][0], f"{cohort[0][1]}; {pair}"),)
+        if baggage is not None:
+            baggage = f"{baggage},{BAGGAGE_PREFIX}{pair}"
+    return RouteChoice(
+        base.name, base.upstream, base.scheme, base.host, base.port, base.preserve_host,
         bucket, cohort, baggage,
     )  # fmt: skip
 
@@ -330,7 +357,8 @@ def _choose(route: Route, claims: Mapping[str, Any] | None) -> RouteChoice:
     prefix = route.bucket_prefix
     assert prefix is not None  # built at load for every split route
     index, bucket = split_target(split, prefix, claims)
-    return _choice(route, split.targets[index], bucket)
+    base = route.target_choices[index]
+    return base if bucket is None else _with_bucket(base, bucket)
 
 
 class RouteTrace(Protocol):

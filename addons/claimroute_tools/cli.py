@@ -20,9 +20,13 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import claimroute
 import claimroute_tools
+
+if TYPE_CHECKING:
+    from claimroute.policy.model import Policy
 
 # Exit codes of `check`: 0 valid, 1 invalid (the message names file, key path and line).
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -66,21 +70,27 @@ def _proxy(args: argparse.Namespace, extra: list[str]) -> int:
     return EXIT_OK  # not reached
 
 
-def _check(args: argparse.Namespace, extra: list[str]) -> int:
-    from rich.console import Console
-
+def load_policy_or_say(path: str | Path) -> Policy | None:
+    """The policy of `check`, `explain` and `test`, or None after saying on stderr why not."""
     from claimroute.errors import PolicyError
     from claimroute.policy.load import load_policy
 
-    from .policysummary import print_summary
-
     try:
-        policy = load_policy(Path(args.policy))
+        return load_policy(Path(path))
     except PolicyError as exc:
         print(f"invalid policy: {exc}", file=sys.stderr)
-        return EXIT_INVALID
     except OSError as exc:
         print(f"cannot read the policy: {exc}", file=sys.stderr)
+    return None
+
+
+def _check(args: argparse.Namespace, extra: list[str]) -> int:
+    from rich.console import Console
+
+    from .policysummary import print_summary
+
+    policy = load_policy_or_say(args.policy)
+    if policy is None:
         return EXIT_INVALID
     print_summary(policy, Console())
     return EXIT_OK

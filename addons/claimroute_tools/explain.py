@@ -43,6 +43,7 @@ from claimroute.policy.rbac import Principal, RbacPolicy, RbacResult
 from claimroute.policy.routes import (
     Route,
     RouteChoice,
+    RouteMatch,
     by_value,
     format_split_by,
 )
@@ -80,7 +81,6 @@ class Recorder:
         self.preflight = False
         self.verified: VerifiedToken | None = None
         self.token_refusal: tuple[Rejection, bool] | None = None
-        self.location_refused = False
         self.identity: Identity | None = None
         self.principals: dict[str, list[bool]] = {}
         self.rules: list[tuple[RbacPolicy, bool, bool | None]] = []
@@ -101,7 +101,12 @@ class Recorder:
 
     def token_refused(self, rejection: Rejection, ignored: bool) -> None:
         self.token_refusal = (rejection, ignored)
-        self.location_refused = self.verified is not None
+
+    @property
+    def location_refused(self) -> bool:
+        """The token verified, then was refused for the place it was found in (`explain`
+        passes no token cache, so a token that verified was always traced)."""
+        return self.token_refusal is not None and self.verified is not None
 
     def caller(self, identity: Identity) -> None:
         self.identity = identity
@@ -139,14 +144,15 @@ def parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def check_token(token: str, what: str = "--token") -> None:
-    """Refuse a token that is not a JWT at all (bad input, not a request to explain)."""
+def token_problem(token: str) -> str | None:
+    """Why a token is not a JWT at all (bad input, not a request to explain), or None."""
     from claimroute.pipeline.verify import parse_token
 
     try:
         parse_token(token)
     except Rejection as exc:
-        raise UsageError(f"{what}: not a parsable JWT: {exc.reason}") from None
+        return f"not a parsable JWT: {exc.reason}"
+    return None
 
 
 def build_request(spec: RequestSpec) -> http.Request:
@@ -232,8 +238,9 @@ async def explain_async(policy: Policy, spec: RequestSpec, now: float | None = N
         if spec.provider not in policy.providers:
             known = ", ".join(sorted(policy.providers))
             raise UsageError(f"--provider {spec.provider!r}: no such provider (known: {known})")
-    if spec.token is not None:
-        check_token(spec.token)
+    bad_token = None if spec.token is None else token_problem(spec.token)
+    if bad_token is not None:
+        raise UsageError(f"--token: {bad_token}")
     request = build_request(spec)
     # What the addon does first: strip client copies of identity headers, then hygiene.
     before = [name.decode("utf-8", "surrogateescape") for name, _ in request.headers.fields]
@@ -241,7 +248,7 @@ async def explain_async(policy: Policy, spec: RequestSpec, now: float | None = N
     if keys:
         strip_headers(request, keys)
     after = [name.decode("utf-8", "surrogateescape") for name, _ in request.headers.fields]
-    stripped = before[len(after) :] if before[: len(after)] == after else _removed(before, after)
+    stripped = _removed(before, after)
     locations = policy.token_locations
     problem = request_problem(request, locations.cookies, bool(locations.query_params),
                               [name for name, _ in locations.header_prefixes])  # fmt: skip
@@ -293,6 +300,7 @@ def explain(policy: Policy, spec: RequestSpec, now: float | None = None) -> Expl
 
 
 def _removed(before: list[str], after: list[str]) -> list[str]:
+    """The names of `before` that `after` (the same list with some removed) lacks."""
     rest = list(after)
     out = []
     for name in before:
@@ -525,19 +533,21 @@ def _routes_data(ex: Explanation) -> dict[str, Any]:
 
 
 def _caller_breakdown(route: Route, claims: Any) -> list[dict[str, str]]:
+    """Each condition on the caller, in the order `RouteMatch.identity_matches` tests them,
+    asked alone through it (it stops at the first that fails)."""
     match = route.match
     out = []
     failed = False
     if match.authenticated is not None:
-        ok = match.authenticated == (claims is not None)
+        failed = not RouteMatch(authenticated=match.authenticated).identity_matches(claims)
         out.append({"condition": f"authenticated {str(match.authenticated).lower()}",
-                    "result": MATCHED if ok else NOT_MATCHED})  # fmt: skip
-        failed = not ok
+                    "result": NOT_MATCHED if failed else MATCHED})  # fmt: skip
     if match.claims is not None:
         if failed:
             state = NOT_EVALUATED
         else:
-            state = MATCHED if match.claims.matches(claims) else NOT_MATCHED
+            ok = RouteMatch(claims=match.claims).identity_matches(claims)
+            state = MATCHED if ok else NOT_MATCHED
         out.append({"condition": repr(match.claims), "result": state})
     return out
 
@@ -707,18 +717,11 @@ def parse_claims(text: str) -> dict[str, Any]:
 def main(args: Any) -> int:
     """`claimroute explain` (argparse namespace from cli.py); returns the exit code."""
     import sys
-    from pathlib import Path
 
-    from claimroute.errors import PolicyError
-    from claimroute.policy.load import load_policy
+    from .cli import load_policy_or_say
 
-    try:
-        policy = load_policy(Path(args.policy))
-    except PolicyError as exc:
-        print(f"invalid policy: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"cannot read the policy: {exc}", file=sys.stderr)
+    policy = load_policy_or_say(args.policy)
+    if policy is None:
         return 2
     try:
         headers: Sequence[tuple[str, str]] = [parse_header(h) for h in args.header or []]

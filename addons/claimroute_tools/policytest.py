@@ -42,12 +42,11 @@ from claimroute.config.source import Loc, load_yaml_file
 from claimroute.errors import PolicyError
 from claimroute.policy.model import Policy
 
-from .explain import Explanation, RequestSpec, UsageError, check_token, explain, render_text
+from .explain import Explanation, RequestSpec, UsageError, explain, render_text, token_problem
 
 EXIT_OK, EXIT_MISS, EXIT_BAD = 0, 1, 2
 OUTCOMES = ("forward", "refuse", "allowed", "anonymous", "denied")
 EXPECT_FIELDS = ("outcome", "status", "rbac_policy", "route", "upstream", "headers")
-_ABSENT = object()
 
 
 @dataclass
@@ -134,11 +133,9 @@ def _request(value: Any, loc: Loc, keys: dict[str, Path], policy: Policy) -> Req
         token = spec["token"]
         tloc = loc / "token"
         if isinstance(token, str):
-            try:
-                check_token(token, f"{tloc.file}:{tloc.line}: {tloc.key_path}")
-            except UsageError as exc:
-                raise PolicyError(str(exc).split(": ", 2)[-1], file=tloc.file,
-                                  key_path=tloc.key_path, line=tloc.line) from None  # fmt: skip
+            problem = token_problem(token)
+            if problem is not None:
+                raise tloc.error(problem)
             request.token = token
         else:
             mint = schema.mapping(token, tloc, allowed=("key", "claims", "ttl"),
@@ -299,15 +296,10 @@ def main(args: Any) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from claimroute.policy.load import load_policy
+    from .cli import load_policy_or_say
 
-    try:
-        policy = load_policy(Path(args.policy))
-    except PolicyError as exc:
-        print(f"invalid policy: {exc}", file=sys.stderr)
-        return EXIT_BAD
-    except OSError as exc:
-        print(f"cannot read the policy: {exc}", file=sys.stderr)
+    policy = load_policy_or_say(args.policy)
+    if policy is None:
         return EXIT_BAD
     cases_path = Path(args.cases)
     try:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from claimroute.config.source import Loc, parse_yaml_bytes
+from claimroute.config.source import Loc, parse_yaml_text
 from claimroute.errors import PolicyError
+from claimroute.match.claimpath import format_claim_path
 
 
 class ImportFailure(Exception):
@@ -30,12 +31,9 @@ class ImportFailure(Exception):
 
 
 def line_of(loc: Loc) -> int | None:
-    """The line of `loc`, or for a node without one (a document's root) its first child's."""
-    if loc.path in loc.lines or not loc.path:
-        inner = [n for p, n in loc.lines.items() if p[: len(loc.path)] == loc.path]
-        if loc.path in loc.lines:
-            return loc.lines[loc.path]
-        return min(inner) if inner else None
+    """`loc.line`, or for a document's root without a line its first node's."""
+    if not loc.path and loc.path not in loc.lines:
+        return min(loc.lines.values(), default=None)
     return loc.line
 
 
@@ -125,7 +123,7 @@ def load_documents(path: str | Path) -> list[tuple[Any, Loc]]:
         ):
             continue
         try:
-            value, loc = parse_yaml_bytes(("\n" * first_line + chunk).encode(), name)
+            value, loc = parse_yaml_text("\n" * first_line + chunk, name)
         except PolicyError as exc:
             raise ImportFailure(str(exc)) from None
         if value is None:
@@ -212,12 +210,10 @@ def resource_kind(doc: dict[str, Any], loc: Loc) -> tuple[str, str, str]:
 
 def claim_path(segments: list[str], loc: Loc) -> str:
     """A claimroute claim path (`a.b`, `[kubernetes.io].namespace`) for these segments."""
-    parts = []
     for segment in segments:
         if not segment or "[" in segment or "]" in segment:
             raise ImportFailure(f"claim name {segment!r} cannot be written as a claim path", loc)
-        parts.append(f"[{segment}]" if "." in segment else segment)
-    return ".".join(parts)
+    return format_claim_path(tuple(segments))
 
 
 def duration(value: Any, loc: Loc) -> str:

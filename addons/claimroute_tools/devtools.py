@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from joserfc import jwt
 from joserfc.jwk import JWKRegistry
@@ -44,12 +45,21 @@ def _claim_value(text: str) -> object:
         return text
 
 
-def _mint(args: argparse.Namespace) -> int:
-    data = json.loads(Path(args.key).read_text())
-    alg = data.get("alg") or args.alg
+def sign_with_jwk(data: dict[str, Any], alg: str, claims: dict[str, Any], ttl: int) -> str:
+    """A JWT signed with the private JWK `data` (as `keygen` writes it): `iat` now, `exp` in
+    `ttl` seconds (unless `claims` give them), the key's `kid` in the header."""
     key = JWKRegistry.import_key(data)
     now = int(time.time())
-    claims: dict[str, object] = {"iss": args.iss, "iat": now, "exp": now + args.ttl}
+    payload = {"iat": now, "exp": now + ttl, **claims}
+    header = {"alg": alg, "typ": "JWT"}
+    if data.get("kid"):
+        header["kid"] = data["kid"]
+    return jwt.encode(header, payload, key, algorithms=[alg])
+
+
+def _mint(args: argparse.Namespace) -> int:
+    data = json.loads(Path(args.key).read_text())
+    claims: dict[str, Any] = {"iss": args.iss}
     if args.sub:
         claims["sub"] = args.sub
     if args.aud:
@@ -57,10 +67,7 @@ def _mint(args: argparse.Namespace) -> int:
     for item in args.claim:
         name, _, value = item.partition("=")
         claims[name] = _claim_value(value)
-    header = {"alg": alg, "typ": "JWT"}
-    if data.get("kid"):
-        header["kid"] = data["kid"]
-    print(jwt.encode(header, claims, key, algorithms=[alg]))
+    print(sign_with_jwk(data, data.get("alg") or args.alg, claims, args.ttl))
     return 0
 
 

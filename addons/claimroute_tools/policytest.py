@@ -73,25 +73,18 @@ class Result:
 
 
 def _mint(key_path: Path, claims: dict[str, Any], ttl: int, loc: Loc) -> str:
-    from joserfc import jwt
-    from joserfc.jwk import JWKRegistry
+    from claimroute_tools.devtools import sign_with_jwk
 
     try:
         data = json.loads(key_path.read_text(encoding="utf-8"))
-        key = JWKRegistry.import_key(data)
     except (OSError, ValueError, TypeError) as exc:
         raise loc.error(f"cannot use the key {key_path}: {exc}") from None
-    alg = data.get("alg")
+    alg = data.get("alg") if isinstance(data, dict) else None
     if not isinstance(alg, str):
         raise loc.error(f"the key {key_path} has no alg")
-    now = int(time.time())
-    payload = {"iat": now, "exp": now + ttl, **claims}
-    header = {"alg": alg, "typ": "JWT"}
-    if data.get("kid"):
-        header["kid"] = data["kid"]
     try:
-        return jwt.encode(header, payload, key, algorithms=[alg])
-    except Exception as exc:  # joserfc's errors for a key that cannot sign
+        return sign_with_jwk(data, alg, claims, ttl)
+    except Exception as exc:  # joserfc's errors for a key that cannot be imported or sign
         raise loc.error(f"cannot sign with the key {key_path}: {exc}") from None
 
 

@@ -62,3 +62,38 @@ class CpuWindow:
     def others(self) -> float:
         """CPU seconds of processes not listed (other jobs sharing the machine)."""
         return max(0.0, self.machine - sum(self.used.values()))
+
+
+def descendants(pid: int | None) -> list[int]:
+    """Every live process below `pid`, from /proc (e.g. the workers and HAProxy of
+    `claimroute proxy --workers`)."""
+    if pid is None:
+        return []
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def machine_info() -> dict[str, object]:
+    """The cores this process may run on, the machine's cores, and the load averages."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "usable_cores": usable,
+        "cpu_count": os.cpu_count(),
+        "loadavg": [round(v, 2) for v in load],
+    }

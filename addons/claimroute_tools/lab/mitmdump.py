@@ -4,6 +4,10 @@ Readiness is the addon's own log line (`claimroute ready: listening on HOST:PORT
 `running()`), not the port: mitmdump keeps serving without the addon when a script fails to
 load, so only that line proves the addon is active. Every process gets an
 isolated confdir, since `confdir/config.yaml` would override our `--set` values.
+
+`profile="gateway"` runs the lean gateway master (`claimroute_tools.proxy.gateway`, the addon
+built in) instead of mitmdump; `CLAIMROUTE_LAB_PROFILE=gateway` makes it the default for every
+process that runs the claimroute addon (the test suite under the lean profile).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ ADDON_SCRIPT: Path = Path(claimroute.__file__).resolve().parent / "mitmdump_scri
 CHECKOUT_SCRIPT: Path = Path(claimroute.__file__).resolve().parent.parent / "claimroute_addon.py"
 MITMDUMP: Path = Path(sys.executable).parent / "mitmdump"
 READY_RE = re.compile(r"claimroute ready: listening on (\S+):(\d+)")
+PROFILES = ("mitmdump", "gateway")
+PROFILE_ENV = "CLAIMROUTE_LAB_PROFILE"
+GATEWAY_MODULE = "claimroute_tools.proxy.gateway"
 
 type OptionValue = str | int | bool | Sequence[str]
 
@@ -71,12 +78,29 @@ def _set_args(options: Mapping[str, OptionValue]) -> list[str]:
     return args
 
 
+def default_profile(script: Path, extra_args: Sequence[str] = ()) -> str:
+    """The profile when none is given: `CLAIMROUTE_LAB_PROFILE` for a process that runs the
+    claimroute addon (as its script, or as a later `-s`), else mitmdump (a bare or stand-in
+    script needs mitmdump's script loading with no addon built in)."""
+    wanted = os.environ.get(PROFILE_ENV, "").strip() or "mitmdump"
+    if wanted not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV}={wanted!r}: expected one of {', '.join(PROFILES)}")
+    addon_scripts = {str(ADDON_SCRIPT), str(CHECKOUT_SCRIPT)}
+    runs_addon = str(Path(script).resolve()) in addon_scripts or any(
+        a in addon_scripts for a in extra_args
+    )
+    return wanted if runs_addon else "mitmdump"
+
+
 class MitmdumpProcess:
     """A mitmdump subprocess running an addon script, with its output captured.
 
     Output (stdout and stderr merged) is drained by a thread into `.output` so the pipe never
     fills. `start()` waits for the ready line and sets `.port`/`.proxy_url`; `stop()` sends
     SIGTERM, then SIGKILL. Usable as a (sync or async) context manager.
+
+    `profile`: "mitmdump" (mitmdump -s SCRIPT) or "gateway" (the lean master with the addon
+    built in; another `script` is loaded with -s before it); default `default_profile()`.
     """
 
     def __init__(
@@ -90,7 +114,13 @@ class MitmdumpProcess:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        profile: str | None = None,
     ) -> None:
+        if profile is None:
+            profile = default_profile(Path(script), extra_args)
+        if profile not in PROFILES:
+            raise ValueError(f"profile {profile!r}: expected one of {', '.join(PROFILES)}")
+        self.profile = profile
         self.policy_path = Path(policy_path) if policy_path is not None else None
         self.mode = mode
         self.options = dict(options or {})
@@ -104,10 +134,17 @@ class MitmdumpProcess:
         # Without bytecode caches every start recompiles mitmproxy (~2.5 s); let it cache.
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.cwd = cwd
+        if profile == "gateway":
+            # The addon is built in; any other script (e.g. a fault injector) still loads first.
+            runs_addon = str(self.script.resolve()) in {str(ADDON_SCRIPT), str(CHECKOUT_SCRIPT)}
+            head = [sys.executable, "-m", GATEWAY_MODULE]
+            head += [] if runs_addon else ["-s", str(self.script)]
+            display: list[str] = []  # the gateway has no flow display to quiet
+        else:
+            head = [str(MITMDUMP), "-s", str(self.script)]
+            display = ["--set", "flow_detail=0"]
         self.command: list[str] = [
-            str(MITMDUMP),
-            "-s",
-            str(self.script),
+            *head,
             *(["--set", f"claimroute={self.policy_path}"] if self.policy_path else []),
             "--listen-host",
             "127.0.0.1",
@@ -119,8 +156,7 @@ class MitmdumpProcess:
             f"confdir={self.confdir}",
             "--set",
             "termlog_verbosity=info",
-            "--set",
-            "flow_detail=0",
+            *display,
             *set_args,
             *extra_args,
         ]

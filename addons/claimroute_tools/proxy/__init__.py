@@ -1,0 +1,1 @@
+"""Running the proxy: the lean `gateway` profile and several workers behind HAProxy."""

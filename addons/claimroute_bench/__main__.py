@@ -5,6 +5,9 @@ uv run just bench --quick    # a short run to check that everything works
 uv run just bench --only micro --only memory --json /tmp/bench.json
 uv run just bench --only policy   # only the policy load time (1,000 rules), seconds
 uv run just bench --only metrics  # what the Prometheus metrics cost per request (µs)
+uv run just bench --only scale    # bare / claimroute / gateway profile / 2 workers, req/s
+uv run just bench --only stalls --stall-tokens 100000   # loop stalls, 100,000 active tokens
+uv run just bench --only engines  # scenario traffic engines: built-in vs Locust, req/s
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from claimroute_bench import engines as engines_bench
 from claimroute_bench import large, metricscost, micro, policyload, proxy_load, stalls
+from claimroute_bench import scale as scale_bench
 from claimroute_bench.scenario import DEFAULT_USERS, make_setup
 
-SECTIONS = ("proxy", "micro", "metrics", "memory", "stalls", "large", "policy")
+SECTIONS = ("proxy", "scale", "micro", "metrics", "memory", "stalls", "large", "policy",
+            "engines")  # fmt: skip
 DEFAULT_JSON = Path("reports") / "bench-results.json"
 
 # The issue's targets; the benchmark reports against them and never fails on them.
@@ -130,6 +136,7 @@ def _tables(results: dict[str, Any], console: Console) -> None:
                 "[yellow]Other jobs used CPU during the proxy runs: these figures are not "
                 "reliable; run again on a quiet machine.[/yellow]"
             )
+    scale_bench.print_table(results.get("scale"), console)
     m = results.get("micro", {}).get("summary")
     if m:
         table = Table(title="Decision path per token (median µs, RS256 2048)")
@@ -196,6 +203,7 @@ def _tables(results: dict[str, Any], console: Console) -> None:
                 _fmt(row.get("gc_max_ms"), 2), _fmt(row.get("rps")),
             )  # fmt: skip
         console.print(table)
+    _scale_stall_lines(results, console)
     big = results.get("large", {}).get("summary")
     if big:
         table = Table(title="Large requests, one at a time (median ms)")
@@ -213,6 +221,32 @@ def _tables(results: dict[str, Any], console: Console) -> None:
         for row in targets:
             table.add_row(row["name"], row["goal"], row["measured"], _verdict(row["met"]))
         console.print(table)
+
+
+def _scale_stall_lines(results: dict[str, Any], console: Console) -> None:
+    """The stalls at scale and the engines' rates, one paragraph each."""
+    scale = results.get("stalls_at_scale", {}).get("summary")
+    if scale:
+        console.print(
+            f"Stalls with {scale['tokens']:,} distinct active tokens "
+            f"({scale['cache_entries']} cached), under load: longest loop callback "
+            f"{_fmt(scale['max_block_ms'], 2)} ms wall / {_fmt(scale['max_block_cpu_ms'], 2)} ms "
+            f"CPU ({scale['max_block_by']}); longest collection the interpreter ran "
+            f"{_fmt(scale['gc_max_ms'], 2)} ms; a full GC forced every second: median "
+            f"{_fmt(scale['full_gc_median_ms'], 2)} ms, max {_fmt(scale['full_gc_max_ms'], 2)} ms "
+            f"(bare mitmdump under the same load: median "
+            f"{_fmt(scale['bare_full_gc_median_ms'], 2)} ms, max "
+            f"{_fmt(scale['bare_full_gc_max_ms'], 2)} ms). While the cache filled "
+            f"({scale['fill_seconds']} s): longest callback {_fmt(scale['fill_max_block_ms'], 2)} "
+            f"ms wall / {_fmt(scale.get('fill_max_block_cpu_ms'), 2)} ms CPU."
+        )
+    eng = results.get("engines", {}).get("summary")
+    if eng:
+        console.print(
+            f"Traffic engines against a bare upstream (no proxy): built-in "
+            f"{_fmt(eng['builtin_rps'])} req/s, Locust with {eng['locust_workers']} workers "
+            f"{_fmt(eng['locust_rps'])} req/s ({_fmt(eng['locust_over_builtin'], 2)}x)."
+        )
 
 
 def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -259,6 +293,19 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"name": "loop block, whole process", "goal": "<= 5 ms",
                      "measured": f"{worst} ms (bare mitmdump: {bare} ms)",
                      "met": worst is not None and worst <= limit})  # fmt: skip
+    scale = results.get("stalls_at_scale", {}).get("summary")
+    if scale and scale.get("max_block_ms") is not None:
+        limit = TARGETS["loop_block_ms_max"]
+        rows.append({"name": f"loop block, {scale['tokens']:,} active tokens", "goal": "<= 5 ms",
+                     "measured": f"{scale['max_block_ms']} ms; forced full GC median "
+                                 f"{scale['full_gc_median_ms']} ms (bare mitmdump: "
+                                 f"{scale['bare_full_gc_median_ms']} ms)",
+                     "met": scale["max_block_ms"] <= limit})  # fmt: skip
+    eng = results.get("engines", {}).get("summary")
+    if eng and eng.get("locust_over_builtin") is not None:
+        rows.append({"name": "Locust (2 workers) / built-in engine", "goal": ">= 2x",
+                     "measured": f"{eng['locust_over_builtin']}x",
+                     "met": eng["locust_over_builtin"] >= 2})  # fmt: skip
     return rows
 
 
@@ -277,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         "--gc-entries", type=int, default=100_000, help="also time a full GC at this cache size"
     )
     parser.add_argument("--cache-size", type=int, default=10_000)
+    parser.add_argument("--scale-workers", type=int, default=2, help="workers of (d) in scale")
+    parser.add_argument("--stall-tokens", type=int, default=None,
+                        help="distinct active tokens of the stalls run at scale (default "
+                        "100,000; --quick 20,000; 0: skip it)")  # fmt: skip
+    parser.add_argument("--engine-requests", type=int, default=None,
+                        help="requests per engine in `engines` (default 20,000)")  # fmt: skip
     args = parser.parse_args(argv)
     quick = args.quick
     sections = args.only or list(SECTIONS)
@@ -334,8 +387,32 @@ def main(argv: list[str] | None = None) -> int:
             loadgen_processes=args.loadgen_processes,
             progress=say,
         )
+    if "stalls" in sections:
+        tokens = args.stall_tokens if args.stall_tokens is not None else (
+            20_000 if quick else 100_000)  # fmt: skip
+        if tokens:
+            results["stalls_at_scale"] = stalls.run_scale(
+                tokens=tokens, concurrency=args.concurrency,
+                loadgen_processes=args.loadgen_processes, hold_seconds=3.0 if quick else 6.0,
+                progress=say,
+            )  # fmt: skip
+    if "engines" in sections:
+        results["engines"] = engines_bench.run(
+            requests=args.engine_requests or (5_000 if quick else 20_000), progress=say
+        )
     if "large" in sections:
         results["large"] = large.run(setup, repeats=3 if quick else 7, progress=say)
+    if "scale" in sections:
+        results["scale"] = scale_bench.run(
+            setup,
+            rounds=args.rounds or (1 if quick else 3),
+            seconds=args.seconds or (2.0 if quick else 5.0),
+            concurrency=args.concurrency,
+            workers=args.scale_workers,
+            loadgen_processes=args.loadgen_processes,
+            warmup=0.5 if quick else 1.0,
+            progress=say,
+        )
     results["targets"] = _targets(results)
     results["machine_after"] = _machine()
     results["seconds"] = round(time.monotonic() - started, 1)

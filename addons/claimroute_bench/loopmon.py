@@ -17,6 +17,12 @@ Two measurements, reported once per window (default 100 ms) as one log line:
     gc_gen=0 gcs=12 lag_max_ms=30.1
     n=4 over5=0 cb_max=task:ConnectionHandler.handle_connection addon_max=- over5_names=
 
+With `--set loopmon_full_gc_ms=N` it also runs a full garbage collection on the loop every N ms
+(the one the interpreter runs by itself sooner or later) and logs its duration apart (the
+callback and the collection are left out of the window figures above):
+
+    loopmon full_gc_ms=3.2 cpu_ms=3.1 end=1700000000.123
+
 Load it next to the addon (`-s addon.py -s loopmon.py`); the benchmark parses the lines.
 """
 
@@ -85,23 +91,43 @@ class _Window:
 class LoopMonitor:
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
+        self._gc_task: asyncio.Task[None] | None = None
         self._window = _Window()
         self._original_run = None
         self._gc_started = 0.0
+        self._forced = False  # the callback running now forced a full collection
 
     def load(self, loader) -> None:
         loader.add_option("loopmon_window_ms", int, 100, "Loop-lag report window (ms).")
+        loader.add_option(
+            "loopmon_full_gc_ms", int, 0,
+            "Run a full garbage collection on the loop every this many ms (0: never).",
+        )  # fmt: skip
+        loader.add_option(
+            "loopmon_freeze", bool, False,
+            "gc.freeze() once running, as the claimroute addon does (for bare mitmdump).",
+        )  # fmt: skip
 
     def running(self) -> None:
         if self._original_run is None:
             self._install()
+        if ctx.options.loopmon_freeze:
+            gc.freeze()
         if self._task is None or self._task.done():
             self._task = asyncio_utils.create_task(self._run(), name="loopmon", keep_ref=True)
+        every = ctx.options.loopmon_full_gc_ms
+        if every > 0 and (self._gc_task is None or self._gc_task.done()):
+            self._gc_task = asyncio_utils.create_task(
+                self._full_gcs(every / 1000), name="loopmon-full-gc", keep_ref=True
+            )
 
     def done(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+            self._gc_task = None
         if self._original_run is not None:
             events.Handle._run = self._original_run
             self._original_run = None
@@ -110,6 +136,8 @@ class LoopMonitor:
 
     def _gc_callback(self, phase: str, info: dict) -> None:
         # Garbage collections run inside whatever callback allocated last; time them apart.
+        if self._forced:
+            return  # ours (loopmon_full_gc_ms): logged apart
         if phase == "start":
             self._gc_started = time.perf_counter()
             return
@@ -126,32 +154,53 @@ class LoopMonitor:
         clock = time.perf_counter
         cpu_clock = time.thread_time
 
+        def record(handle: events.Handle, took: float, cpu: float) -> None:
+            window = monitor._window
+            if took > window.max_seconds:
+                window.max_seconds = took
+                window.max_handle = handle
+            if cpu > window.cpu_max:
+                window.cpu_max = cpu
+            if took > OVER:
+                window.over += 1
+                window.over_names.add(describe(handle))
+            if took > NOTABLE and took > window.addon_max:
+                name = _addon_task(handle)
+                if name is not None:
+                    window.addon_max = took
+                    window.addon_name = name
+
         def timed_run(handle: events.Handle) -> None:
             start = clock()
             cpu_start = cpu_clock()
             try:
                 original(handle)
             finally:
-                took = clock() - start
-                cpu = cpu_clock() - cpu_start
-                window = monitor._window
-                if took > window.max_seconds:
-                    window.max_seconds = took
-                    window.max_handle = handle
-                if cpu > window.cpu_max:
-                    window.cpu_max = cpu
-                if took > OVER:
-                    window.over += 1
-                    window.over_names.add(describe(handle))
-                if took > NOTABLE and took > window.addon_max:
-                    name = _addon_task(handle)
-                    if name is not None:
-                        window.addon_max = took
-                        window.addon_name = name
+                if monitor._forced:  # the forced full collection: logged apart
+                    monitor._forced = False
+                else:
+                    record(handle, clock() - start, cpu_clock() - cpu_start)
 
         self._original_run = original
         events.Handle._run = timed_run
         gc.callbacks.append(self._gc_callback)
+
+    async def _full_gcs(self, every: float) -> None:
+        # A full collection is what the interpreter runs by itself sooner or later (its
+        # threshold grows with the number of long-lived objects, so under a short benchmark it
+        # may not come): forcing one every few seconds measures that worst stall, on the loop,
+        # with whatever the process holds at that moment. It is logged apart so that the
+        # benchmark can tell it from the interpreter's own collections.
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + MAX_SECONDS
+        while loop.time() < stop_at:
+            await asyncio.sleep(every)
+            self._forced = True
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            gc.collect()
+            took = (time.perf_counter() - started) * 1000
+            cpu = (time.thread_time() - cpu_started) * 1000
+            log.info("loopmon full_gc_ms=%.3f cpu_ms=%.3f end=%.3f", took, cpu, time.time())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,11 @@ keeps the proxy saturated:
 - `jwks_refresh`: the provider's keys come from a JWKS URL (a `lab.JwksServer` with four RSA
   keys) with `cache_duration: 1s`, so the remote source refetches and re-imports every 0.8 s.
 
+`run_scale` (`stalls_at_scale` in the results) does it with 100,000 distinct active tokens:
+each sent once through the proxy (the cache fills), then a load cycling through all of them,
+with a full collection forced every second; the same on bare mitmdump gives mitmproxy's
+share (see its docstring).
+
 For the events, only windows overlapping an event (the write of the file until 1.5 s later;
 each JWKS request until 0.3 s later) count, so their maximum is the worst stall around the
 event; it is compared with the steady-state windows of the same process.
@@ -23,6 +28,7 @@ import copy
 import re
 import threading
 import time
+import urllib.request
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +36,7 @@ from typing import Any
 
 from claimroute_bench.loadgen import Job, LoadGenerator
 from claimroute_bench.proxy_load import BARE_SCRIPT, PROXY_OPTIONS
-from claimroute_bench.scenario import REQUEST_PATH, Setup
+from claimroute_bench.scenario import REQUEST_PATH, Setup, make_setup
 from claimroute_bench.upstream import Upstream
 from claimroute_tools.lab import JwksServer, MitmdumpProcess, TestIssuer
 
@@ -266,3 +272,142 @@ def _issuer_with_keys(issuer: TestIssuer, count: int) -> TestIssuer:
             clone.rotate(keep_old=True)
     clone.key = issuer.key
     return clone
+
+
+# -- at scale: 100,000 distinct active tokens ----------------------------------------------
+
+FULL_GC_RE = re.compile(r"loopmon full_gc_ms=([\d.]+) cpu_ms=([\d.]+) end=([\d.]+)")
+METRICS_RE = re.compile(r"claimroute: metrics at (http://\S+/metrics)")
+SCALE_ALG = "ES256"  # fast to sign (about 0.15 ms a token here) and to verify
+
+
+def _median(values: list[float]) -> float | None:
+    return round(sorted(values)[len(values) // 2], 3) if values else None
+
+
+def _full_gcs(lines: list[str], group: int = 1) -> list[float]:
+    """The forced full collections' durations (ms; group 2: their CPU time), in order."""
+    return [float(m.group(group)) for line in lines if (m := FULL_GC_RE.search(line))]
+
+
+def _cache_entries(proc: MitmdumpProcess) -> int | None:
+    """`claimroute_token_cache_entries` from the addon's own metrics, or None."""
+    found = METRICS_RE.search(proc.output)
+    if found is None:
+        return None
+    with urllib.request.urlopen(found.group(1), timeout=30) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("claimroute_token_cache_entries "):
+            return int(float(line.split()[1]))
+    return None
+
+
+def _hold(proc: MitmdumpProcess, lg: LoadGenerator, concurrency: int, seconds: float) -> Any:
+    """Saturating load cycling through every token, with the forced full collections."""
+    url = f"{proc.proxy_url}{REQUEST_PATH}"
+    mark = proc.mark()
+    started = time.time()
+    result = _start_load(lg, url, concurrency, seconds).result(seconds + 120)
+    lines = proc.lines[mark:]
+    windows = [w for w in _windows(lines) if w["end"] >= started + 0.3]
+    gcs, cpu = _full_gcs(lines), _full_gcs(lines, 2)
+    return _summary(windows) | {
+        "rps": round(result.rps, 1),
+        "errors": result.errors,
+        "full_gc_ms": [round(ms, 2) for ms in gcs],
+        "full_gc_cpu_ms": [round(ms, 2) for ms in cpu],
+        "full_gc_max_ms": round(max(gcs), 3) if gcs else None,
+        "full_gc_max_cpu_ms": round(max(cpu), 3) if cpu else None,
+    }
+
+
+def run_scale(
+    *,
+    tokens: int = 100_000,
+    concurrency: int = 16,
+    loadgen_processes: int = 1,
+    fill_seconds: float = 420.0,
+    hold_seconds: float = 6.0,
+    full_gc_every_ms: int = 1000,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """The longest event-loop stall inside mitmdump with `tokens` distinct active tokens.
+
+    Every token is sent once through the proxy (the cache, sized to hold them all, fills up:
+    `fill`), then a saturating load cycles through all of them (`hold`). Throughout, `loopmon`
+    forces a full garbage collection on the loop every `full_gc_every_ms` (the collection the
+    interpreter runs by itself sooner or later, whose time grows with what the process holds)
+    and times every callback: `max_block_ms` is the longest callback and `gc_max_ms` the
+    longest collection the interpreter ran by itself, `full_gc_max_ms` the longest forced one
+    (kept apart). The same load and forced collections on bare mitmdump (`bare`, with the
+    addon's startup `gc.freeze()` too) give mitmproxy's own share. The fill stops at
+    `fill_seconds` (then fewer tokens are active, and the result says how many).
+    """
+    say = progress or (lambda message: None)
+    say(f"stalls at scale: minting {tokens:,} {SCALE_ALG} tokens")
+    clock = time.perf_counter()
+    setup = make_setup(tokens, alg=SCALE_ALG)
+    out: dict[str, Any] = {
+        "config": {"tokens": tokens, "alg": SCALE_ALG, "concurrency": concurrency,
+                   "hold_seconds": hold_seconds, "full_gc_every_ms": full_gc_every_ms,
+                   "cache_size": tokens + tokens // 10},
+        "mint_seconds": round(time.perf_counter() - clock, 1),
+    }  # fmt: skip
+    extra = ["-s", str(LOOPMON_SCRIPT)]
+    gc_option = {"loopmon_full_gc_ms": full_gc_every_ms}
+    with Upstream() as upstream, LoadGenerator(setup.tokens, loadgen_processes) as lg:
+        mode = f"reverse:{upstream.url}"
+        say("stalls at scale: bare mitmdump, forced full collections under load")
+        with MitmdumpProcess(
+            None, mode=mode, script=BARE_SCRIPT,
+            options=PROXY_OPTIONS | gc_option | {"loopmon_freeze": True}, extra_args=extra,
+        ) as bare:  # fmt: skip
+            out["bare"] = _hold(bare, lg, concurrency, hold_seconds)
+        policy = setup.write_policy(upstream.url, name="scale-policy.yaml", alg=SCALE_ALG)
+        options = PROXY_OPTIONS | gc_option | {
+            "claimroute_cache_size": out["config"]["cache_size"],
+            "claimroute_metrics": "127.0.0.1:0",
+        }  # fmt: skip
+        with MitmdumpProcess(policy, mode=mode, options=options, extra_args=extra) as proc:
+            say(f"stalls at scale: every one of {tokens:,} tokens once (the cache fills)")
+            url = f"{proc.proxy_url}{REQUEST_PATH}"
+            mark = proc.mark()
+            clock = time.perf_counter()
+            result = lg.run(Job(url, concurrency, fill_seconds, 0.0, max_requests=tokens))
+            elapsed = time.perf_counter() - clock
+            lines = proc.lines[mark:]
+            gcs, cpu = _full_gcs(lines), _full_gcs(lines, 2)
+            out["fill"] = _summary(_windows(lines)) | {
+                "requests": result.completed,
+                "seconds": round(elapsed, 1),
+                "rps": round(result.completed / elapsed, 1) if elapsed else None,
+                "errors": result.errors,
+                "full_gc_ms_first_last": [gcs[0], gcs[-1]] if gcs else None,
+                "full_gc_max_ms": round(max(gcs), 3) if gcs else None,
+                "full_gc_max_cpu_ms": round(max(cpu), 3) if cpu else None,
+            }
+            out["cache_entries_after_fill"] = _cache_entries(proc)
+            say(f"stalls at scale: {out['cache_entries_after_fill']} cached tokens; holding load")
+            out["hold"] = _hold(proc, lg, concurrency, hold_seconds)
+            out["cache_entries_after_hold"] = _cache_entries(proc)
+    hold, bare = out["hold"], out["bare"]
+    out["summary"] = {
+        "tokens": tokens,
+        "cache_entries": out["cache_entries_after_hold"],
+        "max_block_ms": hold.get("max_block_ms"),
+        "max_block_by": hold.get("max_block_by"),
+        "max_block_cpu_ms": hold.get("max_block_cpu_ms"),
+        "gc_max_ms": hold.get("gc_max_ms"),
+        "full_gc_max_ms": hold.get("full_gc_max_ms"),
+        "full_gc_max_cpu_ms": hold.get("full_gc_max_cpu_ms"),
+        "full_gc_median_ms": _median(hold.get("full_gc_ms") or []),
+        "bare_full_gc_median_ms": _median(bare.get("full_gc_ms") or []),
+        "bare_max_block_ms": bare.get("max_block_ms"),
+        "bare_full_gc_max_ms": bare.get("full_gc_max_ms"),
+        "bare_full_gc_max_cpu_ms": bare.get("full_gc_max_cpu_ms"),
+        "fill_max_block_ms": out["fill"].get("max_block_ms"),
+        "fill_max_block_cpu_ms": out["fill"].get("max_block_cpu_ms"),
+        "fill_seconds": out["fill"]["seconds"],
+    }
+    return out

@@ -4,7 +4,10 @@ hand-built summary, and the expectation checks with each kind of miss (no mitmdu
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from claimroute_tools.scenario.render import (
     render_svg,
     to_dict,
 )
+from claimroute_tools.scenario.render.svg_report import report_charts, status_color, upstream_color
 from claimroute_tools.scenario.summary import (
     Breakdown,
     Latency,
@@ -40,6 +44,8 @@ from claimroute_tools.scenario.summary import (
 )
 from claimroute_tools.scenario.timeline import StepRecord
 from claimroute_tools.scenario.traffic import RequestResult, TrafficRun, User, build_users
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
 
 # -- a synthetic run ---------------------------------------------------------------------------
 
@@ -371,7 +377,13 @@ OLD_REPORT_JSON = (
 
 def test_report_json_is_byte_for_byte_what_the_old_report_wrote(tmp_path: Path) -> None:
     summary = make_summary()
-    assert render_json(summary) == json.dumps(OLD_REPORT_JSON, indent=2) + "\n"
+    # The canary analysis (its own tests: test_analysis.py) came after everything else; what
+    # was there before it is unchanged, byte for byte.
+    document = json.loads(render_json(summary))
+    assert list(document)[-1] == "analysis"
+    del document["analysis"]
+    assert json.dumps(document, indent=2) == json.dumps(OLD_REPORT_JSON, indent=2)
+    assert render_json(summary).startswith(json.dumps(OLD_REPORT_JSON, indent=2)[:-2])
     paths = report.write_reports(summary, tmp_path / "out")
     assert sorted(paths) == ["html", "json", "svg"]
     assert paths["json"].read_text() == render_json(summary)
@@ -622,31 +634,65 @@ def test_json_holds_the_summary_flattened() -> None:
     assert document["run"]["proxy"] is None
 
 
+def svg_texts(svg: str) -> list[str]:
+    """The text of every text element (the charts keep text as text)."""
+    return [t.text or "" for t in ET.fromstring(svg).iter(f"{SVG_NS}text")]
+
+
 def test_svg_draws_the_same_figures_and_escapes_text() -> None:
     svg = render_svg(hand_summary())
     assert svg.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<svg ')
     assert svg.endswith("</svg>\n") and "<script" not in svg
     assert "hand &lt;made&gt;" in svg and "hand <made>" not in svg
-    assert "FAIL · 1/2 expectations" in svg
-    assert "10 requests through mitmdump in 2.5s · seed 42 · concurrency 3" in svg
-    assert "<title>staff: primary 6 (75.0%)</title>" in svg
-    assert "<title>staff: canary 2 (25.0%)</title>" in svg
-    assert "<title>bots: none 2 (100.0%)</title>" in svg
-    assert "<title>staff: 401 1 (12.5%)</title>" in svg
-    assert "<title>bots: 403 2 (100.0%)</title>" in svg
-    assert "<title>canary (of served) 25-30%: 40.0%</title>" in svg
-    assert "Share answered by canary and share refused, per 5% of the run" in svg
-    assert 'class="small">widen</text>' in svg  # the step's marker
+    root = ET.fromstring(svg.split("\n", 1)[1])
+    # The banner, then the charts, one nested <svg> each.
+    assert [n.get("id") for n in root.findall(f"{SVG_NS}svg")] == [
+        "header", "who-answered", "statuses", "over-the-run",
+    ]  # fmt: skip
+    words = svg_texts(svg)
+    assert {"hand <made>", "FAIL · 1/2 expectations"} <= set(words)
+    assert (
+        "10 requests through mitmdump in 2.5s · seed 42 · concurrency 3 · upstream as reported "
+        "by the upstream itself"
+    ) in words
+    # The bars: rows with their totals, the upstreams and statuses in the legends, shares on
+    # the bars and in each segment's tooltip.
+    assert {"staff (8)", "bots (2)", "primary", "canary", "none", "200", "401", "403"} <= set(words)  # fmt: skip
+    assert {"75.0%", "25.0%", "87.5%", "12.5%", "100.0%"} <= set(words)
+    for tip in (
+        "staff: primary 6 (75.0%)",
+        "staff: canary 2 (25.0%)",
+        "bots: none 2 (100.0%)",
+        "staff: 401 1 (12.5%)",
+        "bots: 403 2 (100.0%)",
+    ):
+        assert f"<title>{tip}</title>" in svg
+    # The lines over the run, and the timeline step's marker.
+    assert "Share answered by canary and share refused, per 5% of the run" in words
+    assert {"canary (of served)", "refused: no upstream (of all)", "widen"} <= set(words)
+    # Colours stay those of the upstream and the status wherever they are drawn.
+    colours = {c.lower() for c in re.findall(r"(?:fill|stroke): (#[0-9a-fA-F]{6})", svg)}
+    assert {upstream_color("primary", ("primary", "canary")).lower(), "#4c78a8"} <= colours
+    assert {"#f58518", "#9d9d9d", "#54a24b", "#e45756", "#9e1b32"} <= colours
+    assert upstream_color("canary", ("primary", "canary")) == "#F58518"
+    assert status_color("401") == "#E45756" and status_color("error") == "#333333"
     inline = render_svg(hand_summary(), standalone=False)
     assert inline.startswith("<svg ") and inline == svg.split("\n", 1)[1]
+    assert render_svg(hand_summary()) == svg  # deterministic: same summary, same bytes
 
 
 def test_html_is_self_contained_with_the_same_figures() -> None:
-    page = render_html(hand_summary(incomplete="time budget of 5s spent"))
+    summary = hand_summary(incomplete="time budget of 5s spent")
+    page = render_html(summary)
     assert page.startswith("<!doctype html>") and "<title>hand &lt;made&gt;: FAIL</title>" in page
     for absent in ("<script", "<link", "src=", "@import"):
         assert absent not in page
-    assert render_svg(hand_summary(incomplete="time budget of 5s spent"), standalone=False) in page
+    charts = report_charts(summary)
+    assert [c.slug for c in charts.all()] == ["who-answered", "statuses", "over-the-run"]
+    assert "Canary analysis" not in page  # the hand-made summary has no comparison
+    for chart in charts.all():  # each the same drawing as in report.svg
+        assert f"<figure>{chart.svg}</figure>" in page
+        assert chart.svg.split(">", 1)[1] in render_svg(summary)
     assert "<p>Built by hand &amp; checked.</p>" in page
     assert "10 requests in 2.5s (4/s) · concurrency 3 · seed 42 · 9 tokens minted" in page
     assert "Incomplete: time budget of 5s spent" in page
@@ -664,6 +710,46 @@ def test_html_is_self_contained_with_the_same_figures() -> None:
     assert "<td>1.25s</td>" in page
     assert "<td>policy</td><td>/out/policy.yaml</td>" in page
     assert "Incomplete" not in render_html(hand_summary())
+
+
+def test_the_canary_analysis_has_its_verdicts_and_charts_in_html_and_svg() -> None:
+    summary = make_summary()  # one split route: one default comparison
+    (result,) = summary.analysis
+    page = render_html(summary)
+    assert "<h2>Canary analysis</h2>" in page and f"<h3>{result.name}</h3>" in page
+    assert result.name == "half-of-customers: primary-vs-canary"
+    # The verdict table: a row per metric, its verdict first (classed for colour), each side's
+    # figures under its own label, the limit, the p-value and what the analysis found.
+    assert (
+        "<th>verdict</th><th>metric</th><th>canary: primary</th><th>baseline: canary</th>"
+    ) in page
+    # Request 17 timed out with no answer; the primary's records hold it: its error.
+    assert (
+        '<tr class="inconclusive"><td>INCONCLUSIVE</td><td>error rate</td>'
+        f"<td>25.0% (1/4; {result.canary.error_rate_ci[0] * 100:.1f}-"  # type: ignore[index]
+        f"{result.canary.error_rate_ci[1] * 100:.1f}%)</td>"  # type: ignore[index]
+    ) in page
+    assert f"<td>{html.escape(result.latency.detail)}</td>" in page
+    assert "<td>p95 x 1.25</td>" in page
+    assert "primary has 3 answered requests, fewer than 30" in page
+    charts = report_charts(summary)
+    (_, latency, errors), *_ = charts.comparisons
+    assert (latency.slug, errors.slug) == ("latency-1", "errors-1")
+    assert f"<figure>{latency.svg}</figure><figure>{errors.svg}</figure>" in page
+    words = svg_texts(latency.svg) + svg_texts(errors.svg)
+    # The sides by role and upstream, the answered counts and the analysis' own percentiles.
+    c, b = result.canary, result.baseline
+    assert f"canary: primary ({c.answered})" in words and f"baseline: canary ({b.answered})" in words  # fmt: skip
+    assert f"p50/95/99 {c.p50_ms:.1f}/{c.p95_ms:.1f}/{c.p99_ms:.1f} ms" in words
+    assert {"canary: primary: errors", "baseline: canary: requests"} <= set(words)
+    assert "seconds since the run's first request" in words
+    # Each side in its upstream's colour: primary blue, canary orange.
+    for chart in (latency, errors):
+        colours = {x.lower() for x in re.findall(r"(?:fill|stroke): (#[0-9a-fA-F]{6})", chart.svg)}
+        assert {"#4c78a8", "#f58518"} <= colours
+    svg = render_svg(summary)
+    nested = [n.get("id") for n in ET.fromstring(svg.split("\n", 1)[1]).findall(f"{SVG_NS}svg")]
+    assert nested == ["header", "who-answered", "statuses", "over-the-run", "latency-1", "errors-1"]
 
 
 # -- the expectation checks ---------------------------------------------------------------------

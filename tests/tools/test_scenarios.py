@@ -30,7 +30,10 @@ SMALL = {
     "key-rotation": 300,
     "jwks-outage": 300,
     "policy-change": 1000,
+    "canary-analysis-healthy": 1200,  # at least 200 requests on the 25% canary
 }
+# Library scenarios that show a failing experiment: they must exit 1, for the right reason.
+FAILING = {"canary-analysis": 1200}
 
 
 def run_cli(*args: str) -> int:
@@ -38,7 +41,27 @@ def run_cli(*args: str) -> int:
 
 
 def test_every_library_scenario_is_covered() -> None:
-    assert sorted(SMALL) == sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+    assert sorted([*SMALL, *FAILING]) == sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+
+
+@pytest.mark.e2e
+def test_the_faulty_canary_fails_its_analysis_and_only_that(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """canary-analysis: the canary echo fails 5% with 503 and answers 50 ms slower; the run
+    exits 1, every routing expectation holds, and the analysis finds both regressions."""
+    code = run_cli("canary-analysis", "--out", str(tmp_path), "--requests", "1200")
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert code == 1, out
+    failed = [e["expectation"] for e in report["expectations"] if not e["passed"]]
+    assert len(failed) == 1 and "analysis" in failed[0], failed
+    (comparison,) = report["analysis"]
+    assert comparison["name"] == "canary-vs-primary"
+    assert comparison["error_rate"]["verdict"] == "fail"
+    assert comparison["latency"]["ratio_p95"] > 1.25  # the verdict also needs the test: JSON
+    assert comparison["error_rate"]["difference_ci"][0] > 0.01
+    assert "FAIL line" in out and "error rate" in out
 
 
 @pytest.mark.e2e
@@ -145,7 +168,9 @@ def test_mitmdump_failure_exits_3_with_its_output(
     monkeypatch.setattr("claimroute_tools.lab.mitmdump.MITMDUMP", fake)
     scenario = tmp_path / "wrong.yaml"
     scenario.write_text(WRONG)
-    assert run_cli(str(scenario), "--out", str(tmp_path / "out")) == 3
+    # The plain mitmdump profile runs MITMDUMP (the gateway's start errors: test_gateway_profile).
+    args = ("--out", str(tmp_path / "out"), "--proxy-profile", "mitmdump")
+    assert run_cli(str(scenario), *args) == 3
     err = capsys.readouterr().err
     assert "infrastructure failure" in err and "fake mitmdump: cannot bind" in err
 
@@ -158,7 +183,8 @@ def _processes_mentioning(text: str) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            if text.encode() in cmdline and b"mitmdump" in cmdline:
+            proxy = b"mitmdump" in cmdline or b"claimroute_tools.proxy.gateway" in cmdline
+            if text.encode() in cmdline and proxy:
                 found.append(int(entry.name))
     return found
 

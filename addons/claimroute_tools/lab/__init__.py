@@ -2,7 +2,9 @@
 
 Identity providers that mint valid and tampered JWTs (`TestIssuer`), a JWKS/discovery server
 with failure modes (`JwksServer`), echo upstreams that record what reached them
-(`EchoUpstream`), and a harness running a real mitmdump with the addon (`MitmdumpProcess`).
+(`EchoUpstream`), an OAuth 2.0 token endpoint issuing JWTs (`TokenEndpoint`), and a harness
+running a real mitmdump with the addon (`MitmdumpProcess`, or the lean gateway master with
+`profile="gateway"`), and N of them behind HAProxy (`WorkerSetProcess`).
 Everything binds 127.0.0.1 on ephemeral ports; nothing is mocked.
 """
 
@@ -22,6 +24,8 @@ from claimroute_tools.lab.mitmdump import (
     MitmdumpProcess,
     run_mitmdump_until_exit,
 )
+from claimroute_tools.lab.token_endpoint import TokenEndpoint
+from claimroute_tools.lab.workerset import WorkerSetProcess
 
 __all__ = [
     "ADDON_SCRIPT",
@@ -34,6 +38,8 @@ __all__ = [
     "MitmdumpProcess",
     "ReceivedRequest",
     "TestIssuer",
+    "TokenEndpoint",
+    "WorkerSetProcess",
     "b64url",
     "b64url_decode",
     "build_compact",

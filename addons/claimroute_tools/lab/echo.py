@@ -5,7 +5,9 @@ Also home of `LoopbackServer`, the small aiohttp-on-127.0.0.1 base shared with `
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import socket
 from dataclasses import dataclass
 from typing import Self
@@ -16,6 +18,36 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024 * 1024
+# A request carrying this header (the scenario runner's request id) gets its own misbehaviour
+# draw, seeded by the id: the same request is slow or failing whatever order requests arrive in.
+REQUEST_ID_HEADER = "x-claimroute-scenario-request"
+
+
+@dataclass(frozen=True, slots=True)
+class Misbehaviour:
+    """How an echo upstream misbehaves on purpose: added latency, injected errors.
+
+    Each request waits `latency_ms` plus a uniform draw in [-jitter_ms, +jitter_ms] (never
+    below 0), then fails with `error_status` with probability `error_rate`.
+    """
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    error_rate: float = 0.0
+    error_status: int = 503
+
+    def __post_init__(self) -> None:
+        if self.latency_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("latency_ms and jitter_ms must not be negative")
+        if not 0 <= self.error_rate <= 1:
+            raise ValueError("error_rate must be between 0 and 1")
+        if not 100 <= self.error_status <= 599:
+            raise ValueError("error_status must be an HTTP status (100..599)")
+
+    @property
+    def active(self) -> bool:
+        """True when it changes anything."""
+        return bool(self.latency_ms or self.jitter_ms or self.error_rate)
 
 
 class LoopbackServer:
@@ -112,12 +144,29 @@ class EchoUpstream(LoopbackServer):
 
     Response body: `{"upstream", "method", "path", "query", "headers"}` where `headers` maps
     lowercased names to values (repeated headers joined with ", "); header `x-upstream: NAME`.
+
+    With `misbehave`, each request first waits the drawn latency, and a drawn share answers
+    `error_status` instead, still saying who answered (`x-upstream` and the JSON `upstream`)
+    and still recorded. The draws come from an RNG seeded with `seed` and the upstream's name,
+    per request id (REQUEST_ID_HEADER) when the request has one, so a run is reproducible.
+    `errors` counts the injected errors.
     """
 
-    def __init__(self, name: str, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        port: int | None = None,
+        misbehave: Misbehaviour | None = None,
+        seed: int = 1,
+    ) -> None:
         super().__init__(port)
         self.name = name
         self.received: list[ReceivedRequest] = []
+        self.misbehave = misbehave or Misbehaviour()
+        self.seed = seed
+        self.errors = 0
+        self._rng = random.Random(f"{seed}:{name}")  # for requests without an id
 
     def __repr__(self) -> str:
         where = self.url if self._port is not None else "not started"
@@ -132,6 +181,18 @@ class EchoUpstream(LoopbackServer):
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
+
+    def _draw(self, request_id: str | None) -> tuple[float, bool]:
+        """(seconds to wait, whether to fail) for one request."""
+        bad = self.misbehave
+        rng = (
+            self._rng
+            if request_id is None
+            else random.Random(f"{self.seed}:{self.name}:{request_id}")
+        )
+        jitter = rng.uniform(-bad.jitter_ms, bad.jitter_ms) if bad.jitter_ms else 0.0
+        delay = max(0.0, bad.latency_ms + jitter) / 1000
+        return delay, rng.random() < bad.error_rate
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -157,4 +218,15 @@ class EchoUpstream(LoopbackServer):
             "query": request.query_string,
             "headers": merged,
         }
+        if self.misbehave.active:
+            delay, fail = self._draw(request.headers.get(REQUEST_ID_HEADER))
+            if delay:
+                await asyncio.sleep(delay)
+            if fail:
+                self.errors += 1
+                return web.json_response(
+                    {**payload, "error": "injected by the scenario (error_rate)"},
+                    status=self.misbehave.error_status,
+                    headers={"x-upstream": self.name},
+                )
         return web.json_response(payload, headers={"x-upstream": self.name})

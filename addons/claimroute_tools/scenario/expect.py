@@ -6,11 +6,16 @@ An expectation selects requests (`users`, `route`, `after_step`, `before_step`, 
 - `upstream` and/or `status`: every selected request (or `share` ± `tolerance`, or at least
   `min_share`, or at most `max_share` of them) was answered by that upstream with that status.
   `upstream: none` means no upstream answered AND no upstream's records contain the request.
+  With url upstreams, an answer that names no upstream and that no decision-log record was
+  joined to is of unknown origin (`unknown`): a url upstream that does not name itself may
+  have sent it, so it never counts as "none".
 - `sticky: true`: no user was answered by two different upstreams.
 - `formula: true` (with `route`): every request on the route reached the upstream that the
   published bucket formula gives its user, under the policy live then (computed by the addon's
   own `routes.split_target`).
 - `log: REGEX`: mitmdump's output has `at_least` (default 1) / `at_most` matching lines.
+- `analysis: NAME` with `max_error_rate_increase` / `max_p95_ratio` / `min_requests`: the canary
+  analysis of that comparison (analysis.py) passes every limit given (docs/canary-analysis.md).
 
 An expectation that selects no request fails: a check of nothing proves nothing.
 """
@@ -25,6 +30,12 @@ from typing import Any
 
 from claimroute.policy.model import Policy
 from claimroute.policy.routes import Route, split_target
+from claimroute_tools.scenario.analysis import (
+    Limits,
+    compare,
+    resolve_comparisons,
+    unknown_comparison,
+)
 from claimroute_tools.scenario.model import NO_UPSTREAM, Expectation, Scenario
 from claimroute_tools.scenario.traffic import RequestResult, User
 
@@ -41,6 +52,9 @@ class RunData:
     output: str  # mitmdump's
     step_names: list[str]  # in timeline order (ordinal)
     incomplete: str | None = None
+    # Url upstreams: the runner cannot see their records, so `upstream: none` is judged from
+    # the proxy's answer and decision log alone (and the outcome says so).
+    unseen_upstreams: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +110,37 @@ def _wanted(expectation: Expectation) -> str:
     return ", ".join(parts)
 
 
-def _matches(result: RequestResult, expectation: Expectation) -> bool:
+def unknown(result: RequestResult, unseen: Sequence[str]) -> bool:
+    """True when nobody can say whether an upstream served `result`: there are url upstreams
+    (`unseen`), it got an HTTP answer that names no upstream, and no decision-log record was
+    joined to it (no log, a log the proxy does not write, or a failed join)."""
+    return (
+        bool(unseen)
+        and result.status is not None
+        and result.answered_by is None
+        and not result.logged
+        and not result.seen_by
+    )
+
+
+def _matches(result: RequestResult, expectation: Expectation, unseen: Sequence[str] = ()) -> bool:
+    # `upstream` is the attributed name: the upstream's own word, else (url upstreams) the
+    # decision log's; "none" when neither names one (and the origin is known: `unknown`).
     if expectation.upstream == NO_UPSTREAM:
-        if result.answered_by is not None or result.seen_by:
+        if result.upstream != NO_UPSTREAM or result.seen_by or unknown(result, unseen):
             return False
-    elif expectation.upstream is not None and result.answered_by != expectation.upstream:
+    elif expectation.upstream is not None and result.upstream != expectation.upstream:
         return False
     return expectation.status is None or result.status in expectation.status
 
 
-def _describe(results: Sequence[RequestResult], limit: int = 3) -> str:
+def _describe(results: Sequence[RequestResult], limit: int = 3, unseen: Sequence[str] = ()) -> str:
     counts = Counter(
-        (r.upstream, r.status_label, "seen by " + "+".join(r.seen_by) if r.seen_by else "")
+        (
+            "unknown" if unknown(r, unseen) else r.upstream,
+            r.status_label,
+            "seen by " + "+".join(r.seen_by) if r.seen_by else "",
+        )
         for r in results
     )
     parts = []
@@ -119,11 +152,13 @@ def _describe(results: Sequence[RequestResult], limit: int = 3) -> str:
     return ", ".join(parts)
 
 
-def _check_outcome(expectation: Expectation, selected: list[RequestResult]) -> Outcome:
+def _check_outcome(
+    expectation: Expectation, selected: list[RequestResult], unseen: tuple[str, ...] = ()
+) -> Outcome:
     e = expectation
     n = len(selected)
-    hits = [r for r in selected if _matches(r, e)]
-    misses = [r for r in selected if not _matches(r, e)]
+    hits = [r for r in selected if _matches(r, e, unseen)]
+    misses = [r for r in selected if not _matches(r, e, unseen)]
     share = len(hits) / n if n else 0.0
     observed = f"{pct(share)} ({len(hits)}/{n})"
     wanted = _wanted(e)
@@ -150,7 +185,21 @@ def _check_outcome(expectation: Expectation, selected: list[RequestResult]) -> O
     if n == 0:
         miss = "no request matched the selection"
     elif misses:
-        observed += f"; the rest: {_describe(misses)}"
+        observed += f"; the rest: {_describe(misses, unseen=unseen)}"
+    if e.upstream == NO_UPSTREAM and unseen:
+        logged = any(r.logged for r in selected)
+        how = "the proxy's answer and decision log" if logged else "the answers alone (no "
+        how += "" if logged else "decision-log record)"
+        observed += f" (records of {', '.join(unseen)} not visible: judged from {how})"
+        unknowns = sum(1 for r in selected if unknown(r, unseen))
+        if unknowns:
+            observed += (
+                f"; {unknowns} of unknown origin: an answer naming no upstream and no "
+                "decision-log record (is proxy.decision_log the file the proxy writes?)"
+            )
+    by_log = sum(1 for r in selected if r.source == "decision log")
+    if by_log:
+        observed += f"; {by_log} attributed by the decision log"
     return Outcome(e.text, e.line, passed, n, expected, observed, miss, share)
 
 
@@ -159,8 +208,8 @@ def _check_sticky(
 ) -> Outcome:
     reached: dict[int, set[str]] = defaultdict(set)
     for result in selected:
-        if result.answered_by is not None:
-            reached[result.user].add(result.answered_by)
+        if result.upstream != NO_UPSTREAM:
+            reached[result.user].add(result.upstream)
     flappers = sorted(uid for uid, names in reached.items() if len(names) > 1)
     total = len(reached)
     repeat = sum(1 for n in Counter(r.user for r in selected).values() if n > 1)
@@ -219,7 +268,7 @@ def _check_formula(
         url, bucket = predicted_target(route, user.payload or None)
         predicted = data.upstream_names.get(url, url)
         checked += 1
-        if result.answered_by != predicted:
+        if result.upstream != predicted:
             wrong.append(f"{user.label}: {result.upstream} instead of {predicted}")
         if bucket is not None and result.bucket is not None and bucket != result.bucket:
             bucket_mismatch += 1
@@ -276,16 +325,78 @@ def _check_log(expectation: Expectation, output: str) -> Outcome:
     )
 
 
+def _check_analysis(expectation: Expectation, data: RunData) -> Outcome:
+    """The canary analysis of one comparison against the limits the expectation gives."""
+    e = expectation
+    comparisons = resolve_comparisons(data.scenario, data.phase_policies, data.upstream_names)
+    comparison = next((c for c in comparisons if c.name == e.analysis), None)
+    if comparison is None:  # a default name the loader could not check (see model.py)
+        known = ", ".join(repr(c.name) for c in comparisons) or "none"
+        error = unknown_comparison(data.scenario, comparisons)
+        return Outcome(
+            e.text,
+            e.line,
+            False,
+            0,
+            f"comparison {e.analysis!r}",
+            f"comparisons: {known}",
+            str(error) if error is not None else f"no comparison is called {e.analysis!r}",
+        )
+    result = compare(data.results, comparison, Limits.of(e))
+    canary, baseline = result.canary, result.baseline
+    expected, misses, passed = [], [], True
+    if e.min_requests is not None or result.too_few:
+        expected.append(f"≥ {result.limits.min_requests} requests per side")
+        if result.too_few:
+            passed = False
+            misses.append(result.too_few)
+    judged = []
+    if e.max_error_rate_increase is not None:
+        expected.append(f"error rate ≤ {e.max_error_rate_increase * 100:+.1f} points")
+        judged.append(result.error_rate)
+    if e.max_p95_ratio is not None:
+        expected.append(f"p95 ratio ≤ {e.max_p95_ratio:g}")
+        judged.append(result.latency)
+    for metric in judged:
+        if metric.verdict != "pass":
+            passed = False
+            if not result.too_few or metric.verdict == "fail":
+                misses.append(f"{metric.verdict}: {metric.detail}")
+    observed = (
+        f"{canary.upstream} {canary.requests} requests, "
+        f"{pct(canary.error_rate or 0)} errors, p95 {canary.p95_ms} ms; "
+        f"{baseline.upstream} {baseline.requests} requests, "
+        f"{pct(baseline.error_rate or 0)} errors, p95 {baseline.p95_ms} ms"
+    )
+    value = (
+        result.error_rate.difference
+        if e.max_error_rate_increase is not None
+        else result.latency.ratio_p95
+    )
+    return Outcome(
+        e.text,
+        e.line,
+        passed,
+        canary.requests + baseline.requests,
+        f"{comparison.name}: " + ", ".join(expected),
+        observed,
+        "; ".join(misses),
+        value,
+    )
+
+
 def check(expectation: Expectation, data: RunData) -> Outcome:
     """Evaluate one expectation."""
     if expectation.kind == "log":
         return _check_log(expectation, data.output)
+    if expectation.kind == "analysis":
+        return _check_analysis(expectation, data)
     selected = select(expectation, data)
     if expectation.kind == "sticky":
         return _check_sticky(expectation, selected, data.users)
     if expectation.kind == "formula":
         return _check_formula(expectation, selected, data)
-    return _check_outcome(expectation, selected)
+    return _check_outcome(expectation, selected, data.unseen_upstreams)
 
 
 def evaluate(data: RunData) -> list[Outcome]:

@@ -2,8 +2,10 @@
 
 Everything a report shows comes from here: per population, per route, per phase and overall
 (who answered, which statuses, latency percentiles), the share answered by each non-primary
-upstream over the run, the timeline, the expectations with their verdicts, and the run's
-metadata. `summarize` is pure (no I/O, no clock); the renderers in `render/` only format it.
+upstream over the run, the timeline, the expectations with their verdicts, the canary analysis
+of each comparison (analysis.py: error rates, latency, tests, verdicts, the charts' samples and
+time bins), and the run's metadata. `summarize` is pure (no I/O, no clock); the renderers in
+`render/` only format it.
 
 Figures are rounded here, once, to what report.json has always held (shares to 4 places,
 milliseconds to 2, seconds to 3), so every format shows the same numbers.
@@ -14,10 +16,11 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from claimroute_tools.scenario.analysis import ComparisonResult, analyze, resolve_comparisons
 from claimroute_tools.scenario.expect import Outcome, RunData, find_route, predicted_target
 from claimroute_tools.scenario.model import NO_UPSTREAM
 from claimroute_tools.scenario.timeline import StepRecord
@@ -129,6 +132,54 @@ class RunInfo:
     requests_attributed_to_a_decision: int
     incomplete: str | None  # why not every planned request was sent
     proxy: str | None
+    # Who decided which upstream served each request (RequestResult.source): "upstream" (its
+    # own answer), "decision log" (a url upstream whose answer did not say), "none". Empty
+    # when the scenario has no url upstream.
+    attribution: Mapping[str, int] = field(default_factory=dict)
+    # Traffic shape (docs/traffic.md). The observed rate is requests per second of traffic
+    # time (steps and the waits before them excluded), for every run; the target rate and
+    # the requests that waited for the `concurrency` cap only for an open-model `rate:` run.
+    target_rate_per_s: float | None = None
+    observed_rate_per_s: float | None = None
+    delayed_by_cap: int = 0  # open model: sent late because `concurrency` were in flight
+    max_lag_ms: float | None = None  # open model: the most a request left behind schedule
+    target_duration_s: float | None = None  # a duration run's `duration:`
+    traffic_s: float | None = None  # seconds of traffic time
+    # Open model, duration run: arrivals due within the duration that the clock ran out for
+    # (the proxy, or the cap, could not keep the rate). The run is complete nonetheless.
+    unsent_on_schedule: int = 0
+
+    @property
+    def shaped(self) -> bool:
+        """A run with a rate or a duration (a count-based closed loop is not)."""
+        return self.target_rate_per_s is not None or self.target_duration_s is not None
+
+    def shape_text(self, cap: int) -> str | None:
+        """The header's words for the traffic shape, e.g. "rate 200/s target, 196.4/s
+        observed (12 requests delayed by the cap of 16, max lag 27 ms)" or "duration 60s";
+        None for a count-based closed loop. `cap`: the scenario's concurrency."""
+        parts = []
+        if self.target_duration_s is not None:
+            parts.append(f"duration {self.target_duration_s:g}s")
+        if self.target_rate_per_s is not None:
+            observed = self.observed_rate_per_s
+            text = f"rate {self.target_rate_per_s:g}/s target, " + (
+                f"{observed:g}/s observed" if observed is not None else "nothing sent"
+            )
+            notes = []
+            if self.delayed_by_cap:
+                notes.append(f"{_requests(self.delayed_by_cap)} delayed by the cap of {cap}")
+            if self.max_lag_ms is not None:
+                notes.append(f"max lag {self.max_lag_ms:.0f} ms")
+            if self.unsent_on_schedule:
+                unsent = _requests(self.unsent_on_schedule)
+                notes.append(f"{unsent} due but not sent: the duration ended first")
+            parts.append(f"{text} ({', '.join(notes)})" if notes else text)
+        return ", ".join(parts) or None
+
+
+def _requests(n: int) -> str:
+    return f"{n:,} request" + ("" if n == 1 else "s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +209,9 @@ class ReportSummary:
     files: Mapping[str, str]
     # The proxy's Prometheus metrics at the end of the run (`World.scrape_metrics`), if taken.
     proxy_metrics: Mapping[str, Any] | None = None
+    # The canary analysis: one entry per comparison (declared, or one per split route's
+    # non-baseline target), judged against the first analysis expectation naming it.
+    analysis: tuple[ComparisonResult, ...] = ()
 
 
 # -- the figures -----------------------------------------------------------------------------
@@ -299,7 +353,7 @@ def summarize(
             name=scenario.name,
             description=scenario.description,
             file=str(scenario.path),
-            requests=scenario.traffic.requests,
+            requests=run.planned,  # traffic.requests; a duration run: what it sent
             concurrency=scenario.traffic.concurrency,
             seed=scenario.traffic.seed,
         ),
@@ -313,6 +367,19 @@ def summarize(
             requests_attributed_to_a_decision=attributed,
             incomplete=run.incomplete,
             proxy=proxy_url,
+            # Only where the log may decide (url upstreams): echo-only reports stay as they were.
+            attribution=counts(r.source for r in results)
+            if any(u.external for u in scenario.upstream_specs)
+            else {},
+            target_rate_per_s=run.target_rate,
+            observed_rate_per_s=(
+                round(run.observed_rate, 1) if run.observed_rate is not None else None
+            ),
+            delayed_by_cap=run.delayed_by_cap,
+            max_lag_ms=round(run.max_lag * 1000, 2) if run.target_rate is not None else None,
+            target_duration_s=scenario.traffic.duration,
+            traffic_s=round(run.traffic_time, 3) if run.traffic_time > 0 else None,
+            unsent_on_schedule=run.unsent_on_schedule,
         ),
         result=Verdict(passed=failed == 0, expectations=len(outcomes), failed=failed),
         upstreams=upstreams,
@@ -335,6 +402,11 @@ def summarize(
         expectations=tuple(outcomes),
         files=dict(files),
         proxy_metrics=proxy_metrics,
+        analysis=analyze(
+            results,
+            resolve_comparisons(scenario, data.phase_policies, data.upstream_names),
+            scenario.expectations,
+        ),
     )
 
 

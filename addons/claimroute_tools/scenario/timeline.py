@@ -1,8 +1,10 @@
-"""The timeline: steps that change the world at a share of the requests.
+"""The timeline: steps that change the world at a share of the requests (or of the duration).
 
-Traffic stops at each step's request index and waits for the requests in flight, then the
-steps due there run in file order, then traffic goes on. So every request belongs to exactly
-one phase: phase k = sent after k steps had run. Steps:
+Traffic stops at each step's boundary and waits for the requests in flight, then the steps due
+there run in file order, then traffic goes on. So every request belongs to exactly one phase:
+phase k = sent after k steps had run. A boundary is a request index (`at` times the requests)
+in a count run, and seconds of traffic time (`at` times the duration, the steps' own time not
+counted) in a duration run. Steps:
 
 - `rotate_keys`: the issuer switches to a fresh key (`keep_old` keeps publishing the old one).
   With `remint` (default true: all of the issuer's users; or a list of populations) those
@@ -51,9 +53,10 @@ class Timeline:
         scenario: Scenario,
         world: World,
         book: TokenBook,
-        total: int,
+        total: int | None,
         notify: Callable[[str], None],
     ) -> None:
+        """`total`: the planned requests of a count run; None for a duration run."""
         self.scenario = scenario
         self.world = world
         self.book = book
@@ -61,25 +64,34 @@ class Timeline:
         self.notify = notify
         self.records: list[StepRecord] = []
 
-    def boundaries(self) -> list[int]:
-        """The request indices at which some step runs."""
-        return sorted({step.index(self.total) for step in self.scenario.steps})
+    def mark(self, step: Step) -> float:
+        """Where `step` runs: a request index, or seconds of traffic time (duration runs)."""
+        duration = self.scenario.traffic.duration
+        if self.total is None and duration is not None:
+            return step.at * duration
+        return step.index(self.total or 0)
+
+    def boundaries(self) -> list[float]:
+        """The request indices (or traffic seconds) at which some step runs."""
+        return sorted({self.mark(step) for step in self.scenario.steps})
 
     def phase_names(self) -> list[str]:
-        """Phase k's name: `start`, then `after <step>`; steps run at the same index are named
-        together (`after a+b`), since the phases between them are empty."""
+        """Phase k's name: `start`, then `after <step>`; steps run at the same boundary are
+        named together (`after a+b`), since the phases between them are empty."""
         names = ["start"]
         steps = self.scenario.steps
         for k, step in enumerate(steps):
-            index = step.index(self.total)
-            group = [s.name for s in steps[: k + 1] if s.index(self.total) == index]
+            mark = self.mark(step)
+            group = [s.name for s in steps[: k + 1] if self.mark(s) == mark]
             names.append("after " + "+".join(group))
         return names
 
-    async def run_at(self, index: int) -> int:
-        """Run every step due at `index`; returns the number of steps run so far."""
+    async def run_at(self, mark: float, sent: int | None = None) -> int:
+        """Run every step due at `mark` (`sent`: requests sent so far, for a duration run);
+        returns the number of steps run so far."""
+        index = int(mark) if sent is None else sent
         for step in self.scenario.steps:
-            if step.index(self.total) == index:
+            if self.mark(step) == mark:
                 started = time.time()
                 detail = await self._run(step)
                 record = StepRecord(

@@ -4,6 +4,9 @@
 - `render_json` / `to_dict` (json_report.py): report.json.
 - `render_svg` (svg_report.py): the charts alone, one SVG document.
 - `render_html` (html_report.py): a self-contained page (inline CSS and SVG, no scripts).
+
+The charts are drawn by matplotlib (charts.py: plain data in, SVG out, matplotlib imported on
+first use); svg_report.py turns the summary's figures into them.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
-"""report.html: verdict, expectations, the charts (the SVG inline) and the tables, in one
-self-contained page (inline CSS, no scripts, nothing fetched)."""
+"""report.html: verdict, expectations, the charts (each the same SVG as in report.svg, inline)
+and the tables, in one self-contained page (inline CSS, no scripts, nothing fetched)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from claimroute_tools.scenario.analysis import ALPHA, ComparisonResult, Side
 from claimroute_tools.scenario.render.cells import esc, ms, predicted, shares, times, where
-from claimroute_tools.scenario.render.svg_report import render_svg
-from claimroute_tools.scenario.summary import ReportSummary
+from claimroute_tools.scenario.render.charts import Chart
+from claimroute_tools.scenario.render.svg_report import report_charts, side_label
+from claimroute_tools.scenario.summary import Latency, ReportSummary
 
 
 def _html_table(
@@ -32,9 +34,95 @@ th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 8px; text-align: left;
          vertical-align: top; }
 th { background: #f6f6f6; } tr.pass td:first-child { color: #2e7d32; font-weight: 700; }
 tr.fail td:first-child { color: #c62828; font-weight: 700; } tr.fail { background: #fff3f3; }
+tr.inconclusive td:first-child { color: #a15c00; font-weight: 700; }
 .verdict-pass { color: #2e7d32; } .verdict-fail { color: #c62828; }
-svg { max-width: 100%; height: auto; }
+figure { margin: 0 0 1em; } svg { max-width: 100%; height: auto; display: block; }
 """
+
+
+def _figure(chart: Chart) -> str:
+    return f"<figure>{chart.svg}</figure>"
+
+
+def _rate(side: Side) -> str:
+    """`1.2% (3/250; 0.4-3.5%)`: the error rate, its counts and its Wilson interval."""
+    if side.error_rate is None:
+        return "no requests"
+    ci = side.error_rate_ci
+    interval = f"; {ci[0] * 100:.1f}-{ci[1] * 100:.1f}%" if ci else ""
+    return f"{side.error_rate * 100:.1f}% ({side.errors}/{side.requests}{interval})"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}" if value < 0.001 else f"{value:.4f}"
+
+
+def _difference_ci(ci: tuple[float, float] | None) -> str:
+    if ci is None:
+        return "-"
+    return f"95% CI of the difference {ci[0] * 100:+.2f}..{ci[1] * 100:+.2f} points"
+
+
+def canary_section(comparisons: Sequence[tuple[ComparisonResult, Chart, Chart]]) -> str:
+    """The canary analysis: per comparison, its verdict table and its two charts."""
+    parts = [
+        "<h2>Canary analysis</h2><p class='muted'>Each canary against its baseline, over the "
+        "requests each upstream answered. A metric passes within its limit; it fails when the "
+        "data show it beyond the limit (error rate: the low end of the 95% interval of the "
+        f"difference; latency: canary latencies divided by the limit still slower at {ALPHA:g}), "
+        "and is inconclusive otherwise (or with too few requests). Only pass passes.</p>"
+    ]
+    for result, latency, errors in comparisons:
+        c, b = result.canary, result.baseline
+        e, lat = result.error_rate, result.latency
+        ratio = f"p95 x {lat.ratio_p95:.2f}" if lat.ratio_p95 is not None else "-"
+        diff = f"{e.difference * 100:+.2f} points" if e.difference is not None else "-"
+        parts.append(f"<h3>{esc(result.name)}</h3>")
+        parts.append(
+            f"<p class='muted'>{esc(side_label(result, c))} ({c.requests} requests) against "
+            f"{esc(side_label(result, b))} ({b.requests} requests)"
+            + (f" · {esc(result.too_few)}" if result.too_few else "")
+            + "</p>"
+        )
+        parts.append(
+            _html_table(
+                [
+                    "verdict",
+                    "metric",
+                    side_label(result, c),
+                    side_label(result, b),
+                    "canary vs baseline",
+                    "limit",
+                    "evidence",
+                    "found",
+                ],
+                [
+                    [
+                        e.verdict.upper(),
+                        "error rate",
+                        _rate(c),
+                        _rate(b),
+                        diff,
+                        f"{e.limit * 100:+.2f} points",
+                        _difference_ci(e.difference_ci),
+                        e.detail,
+                    ],
+                    [
+                        lat.verdict.upper(),
+                        "latency p50/p95/p99 ms",
+                        ms(Latency(c.p50_ms, c.p95_ms, c.p99_ms, None)),
+                        ms(Latency(b.p50_ms, b.p95_ms, b.p99_ms, None)),
+                        ratio,
+                        f"p95 x {lat.limit:g}",
+                        f"p beyond limit {_p(lat.p_value_beyond_limit)}",
+                        lat.detail,
+                    ],
+                ],
+                [e.verdict, lat.verdict],
+            )
+        )
+        parts += [_figure(latency), _figure(errors)]
+    return "".join(parts)
 
 
 def render_html(summary: ReportSummary) -> str:
@@ -47,6 +135,7 @@ def render_html(summary: ReportSummary) -> str:
         f"<p class='muted'>{esc(s.file)} · {run.requests_sent} requests in "
         f"{run.duration_s:.1f}s ({run.requests_per_s or 0:g}/s) · concurrency "
         f"{s.concurrency} · seed {s.seed} · {run.tokens_minted} tokens minted · "
+        f"{esc(shape) + ' · ' if (shape := run.shape_text(s.concurrency)) else ''}"
         f"started {esc(run.started)}</p>",
     ]
     if run.incomplete:
@@ -62,8 +151,11 @@ def render_html(summary: ReportSummary) -> str:
             ["pass" if e.passed else "fail" for e in summary.expectations],
         )
     )
+    charts = report_charts(summary)
     parts.append("<h2>Charts</h2>")
-    parts.append(render_svg(summary, standalone=False))
+    parts.extend(_figure(chart) for chart in charts.run)
+    if charts.comparisons:
+        parts.append(canary_section(charts.comparisons))
     parts.append("<h2>Populations</h2>")
     parts.append(
         _html_table(

@@ -2,7 +2,9 @@
 
 Groups of requests are flattened into their row (`requests`, `upstreams`, `statuses`,
 `latency_ms` next to `name`), and each expectation is `expectation` (its text), `line`,
-`passed`, `requests`, `expected`, `observed`, `miss`, `value`.
+`passed`, `requests`, `expected`, `observed`, `miss`, `value`. `analysis` (last, when there is
+a comparison) holds every figure of the canary analysis, one object per comparison
+(docs/canary-analysis.md).
 """
 
 from __future__ import annotations
@@ -10,8 +12,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from claimroute_tools.scenario.analysis import (
+    ALPHA,
+    CONFIDENCE,
+    ERROR_RATE_TEST,
+    LATENCY_TEST,
+    ComparisonResult,
+    Side,
+)
 from claimroute_tools.scenario.expect import Outcome
-from claimroute_tools.scenario.summary import Breakdown, Latency, OverTime, ReportSummary
+from claimroute_tools.scenario.summary import (
+    Breakdown,
+    Latency,
+    OverTime,
+    ReportSummary,
+    RunInfo,
+)
 
 
 def _latency(latency: Latency) -> dict[str, float | None]:
@@ -50,6 +66,80 @@ def _expectation(o: Outcome) -> dict[str, Any]:
     }
 
 
+def _side(side: Side) -> dict[str, Any]:
+    return {
+        "upstream": side.upstream,
+        "requests": side.requests,
+        "errors": side.errors,
+        "error_rate": side.error_rate,
+        "error_rate_ci": list(side.error_rate_ci) if side.error_rate_ci is not None else None,
+        "answered": side.answered,
+        "latency_ms": {"p50": side.p50_ms, "p95": side.p95_ms, "p99": side.p99_ms},
+        "requests_per_bin": list(side.requests_per_bin),
+        "errors_per_bin": list(side.errors_per_bin),
+        "samples_ms": list(side.samples_ms),
+    }
+
+
+def _comparison(c: ComparisonResult) -> dict[str, Any]:
+    e, lat, limits = c.error_rate, c.latency, c.limits
+    return {
+        "name": c.name,
+        "canary": c.comparison.canary,
+        "baseline": c.comparison.baseline,
+        "route": c.comparison.route,
+        "line": c.comparison.line,
+        "limits": {
+            "max_error_rate_increase": limits.max_error_rate_increase,
+            "max_p95_ratio": limits.max_p95_ratio,
+            "min_requests": limits.min_requests,
+        },
+        "alpha": ALPHA,
+        "confidence": CONFIDENCE,
+        "too_few": c.too_few,
+        "error_rate": {
+            "canary": c.canary.error_rate,
+            "baseline": c.baseline.error_rate,
+            "difference": e.difference,
+            # Newcombe's interval of the difference: "fail" needs its low end beyond the limit.
+            "difference_ci": list(e.difference_ci) if e.difference_ci is not None else None,
+            "test": ERROR_RATE_TEST,
+            "p_value": e.p_value,
+            "limit": e.limit,
+            "verdict": e.verdict,
+            "detail": e.detail,
+        },
+        "latency": {
+            "ratio_p50": lat.ratio_p50,
+            "ratio_p95": lat.ratio_p95,
+            "ratio_p99": lat.ratio_p99,
+            "test": LATENCY_TEST,
+            "u_statistic": lat.u_statistic,
+            "p_value": lat.p_value,
+            # canary / limit against baseline: "fail" needs it below alpha.
+            "p_value_beyond_limit": lat.p_value_beyond_limit,
+            "limit": lat.limit,
+            "verdict": lat.verdict,
+            "detail": lat.detail,
+        },
+        "started": round(c.started, 3) if c.started is not None else None,
+        "bin_edges_s": list(c.bin_edges_s),
+        "sides": {"canary": _side(c.canary), "baseline": _side(c.baseline)},
+    }
+
+
+def _shape(run: RunInfo) -> dict[str, Any]:
+    return {
+        "target_rate_per_s": run.target_rate_per_s,
+        "observed_rate_per_s": run.observed_rate_per_s,
+        "delayed_by_cap": run.delayed_by_cap,
+        "max_lag_ms": run.max_lag_ms,
+        "unsent_on_schedule": run.unsent_on_schedule,
+        "target_duration_s": run.target_duration_s,
+        "traffic_s": run.traffic_s,
+    }
+
+
 def to_dict(summary: ReportSummary) -> dict[str, Any]:
     """The summary as report.json's document."""
     s, run, result = summary.scenario, summary.run, summary.result
@@ -72,6 +162,11 @@ def to_dict(summary: ReportSummary) -> dict[str, Any]:
             "requests_attributed_to_a_decision": run.requests_attributed_to_a_decision,
             "incomplete": run.incomplete,
             "proxy": run.proxy,
+            # Which source decided the upstream, per request count (url upstreams only).
+            **({"attribution": dict(run.attribution)} if run.attribution else {}),
+            # The traffic shape (docs/traffic.md), for a run with a rate or a duration only:
+            # a count-based closed loop's report stays as it always was.
+            **(_shape(run) if run.shaped else {}),
         },
         "result": {
             "passed": result.passed,
@@ -120,6 +215,8 @@ def to_dict(summary: ReportSummary) -> dict[str, Any]:
     }
     if summary.proxy_metrics is not None:  # a run through mitmdump: its metrics at the end
         document["proxy_metrics"] = dict(summary.proxy_metrics)
+    if summary.analysis:  # the canary analysis: declared comparisons, or split routes' defaults
+        document["analysis"] = [_comparison(c) for c in summary.analysis]
     return document
 
 

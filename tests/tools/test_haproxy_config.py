@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 
@@ -95,3 +96,80 @@ def test_without_haproxy_the_command_says_how_to_install_it(monkeypatch, tmp_pat
     policy.write_text("version: 1\n")
     assert workers.main(policy, 2) == 1
     assert "apt-get install haproxy" in capsys.readouterr().err
+
+
+# -- the client's address: HAProxy applies mitmproxy's Block rule (workers only see HAProxy) --
+
+SAMPLE_CLIENTS = [
+    "127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1",  # loopback: always through
+    "10.1.2.3", "172.16.5.4", "192.168.1.1", "169.254.3.3", "fe80::1", "fd00::5",  # private
+    "::ffff:10.0.0.1", "::ffff:192.168.0.9", "198.18.0.1", "192.0.2.7", "0.1.2.3",  # private
+    "100.64.1.1", "::ffff:100.64.0.1",  # shared: neither private nor global
+    "8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8",  # global
+]  # fmt: skip
+
+
+def _mitmproxy_refuses(peer: str, *, block_global: bool, block_private: bool) -> bool:
+    """mitmproxy's Block.client_connected, as in mitmproxy/addons/block.py."""
+    address = ipaddress.ip_address(peer)
+    if isinstance(address, ipaddress.IPv6Address):
+        address = address.ipv4_mapped or address
+    if address.is_loopback:
+        return False
+    return (block_private and address.is_private) or (block_global and address.is_global)
+
+
+def _haproxy_refuses(peer: str, *, block_global: bool, block_private: bool) -> bool:
+    """The generated frontend's rules, read back from the configuration text."""
+    config = render_config("0.0.0.0", 8080, BACKENDS, block_global=block_global,
+                           block_private=block_private)  # fmt: skip
+    address = ipaddress.ip_address(peer)
+    acls: dict[str, bool] = {}
+    for line in config.splitlines():
+        words = line.split()
+        if words[:1] == ["acl"]:
+            nets = [ipaddress.ip_network(w, strict=False) for w in words[3:]]
+            acls[words[1]] = any(address.version == n.version and address in n for n in nets)
+    refused = False
+    for line in config.splitlines():
+        words = line.split()
+        if words[:3] == ["tcp-request", "connection", "reject"]:
+            conditions = words[4:]
+            refused |= all((not acls[c[1:]]) if c.startswith("!") else acls[c] for c in conditions)
+    return refused
+
+
+@pytest.mark.parametrize("block_global", [True, False])
+@pytest.mark.parametrize("block_private", [True, False])
+def test_haproxy_refuses_the_clients_mitmproxy_would(block_global, block_private) -> None:
+    """Behind HAProxy every worker sees 127.0.0.1: the frontend must refuse at least every client
+    mitmproxy's Block addon refuses (and, for the sample, exactly those)."""
+    for peer in SAMPLE_CLIENTS:
+        want = _mitmproxy_refuses(peer, block_global=block_global, block_private=block_private)
+        got = _haproxy_refuses(peer, block_global=block_global, block_private=block_private)
+        assert got == want, (peer, block_global, block_private)
+
+
+def test_the_default_configuration_refuses_global_clients() -> None:
+    assert _haproxy_refuses("8.8.8.8", block_global=True, block_private=False)
+    assert not _haproxy_refuses("127.0.0.1", block_global=True, block_private=False)
+
+
+@pytest.mark.skipif(find_haproxy() is None, reason="needs haproxy")
+@pytest.mark.parametrize("block_private", [True, False])
+def test_haproxy_accepts_the_client_rules(tmp_path, block_private) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(render_config("127.0.0.1", 18080, BACKENDS, block_private=block_private))
+    done = subprocess.run([str(find_haproxy()), "-c", "-f", str(config)], capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_block_options_reach_haproxy_and_the_workers() -> None:
+    spec = split_listen_options(["--set", "block_global=false", "--set", "block_private=true"])
+    assert (spec.block_global, spec.block_private) == (False, True)
+    assert spec.rest == ["--set", "block_global=false", "--set", "block_private=true"]
+    assert (split_listen_options([]).block_global, split_listen_options([]).block_private) == (
+        True,
+        False,
+    )

@@ -6,6 +6,13 @@ with one process. A worker is checked by a TCP connect every `check_interval_ms`
 fails `fall` checks in a row gets no new connections until it passes `rise` again. With
 `option redispatch` and `retries`, a connection whose worker refuses it (just died, restarting)
 is retried on another worker instead of failing.
+
+Behind HAProxy every worker sees HAProxy's loopback address as the client, so mitmproxy's Block
+addon (`block_global`, on by default, and `block_private`) would let every client through. The
+frontend applies the same rule to the real client address before a connection reaches a worker
+(`client_acl`): loopback always passes; `block_private` refuses Python's private networks;
+`block_global` refuses every address that is neither private nor shared, which is mitmproxy's
+`is_global` or, for an address the lists miss, more (failing closed).
 """
 
 from __future__ import annotations
@@ -42,6 +49,47 @@ def _bind_address(host: str, port: int) -> str:
     return f"{host or '*'}:{port}"
 
 
+def _with_mapped(networks: tuple[str, ...]) -> tuple[str, ...]:
+    """IPv4 networks plus their IPv4-mapped IPv6 spellings (mitmproxy unmaps ::ffff:a.b.c.d)."""
+    mapped = []
+    for network in networks:
+        if ":" not in network:
+            address, _, prefix = network.partition("/")
+            mapped.append(f"::ffff:{address}/{96 + int(prefix or 32)}")
+    return (*networks, *mapped)
+
+
+# mitmproxy's Block addon (mitmproxy/addons/block.py) lets loopback through whatever the options.
+LOCAL_NETWORKS = _with_mapped(("127.0.0.0/8", "::1/128"))
+# Python's `is_private` networks (ipaddress, 3.12), loopback apart: what block_private refuses.
+PRIVATE_NETWORKS = _with_mapped((
+    "0.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/29",
+    "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+    "::/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "2002::/16",
+    "fc00::/7", "fe80::/10",
+))  # fmt: skip
+# Neither private nor global (shared address space, RFC 6598): neither option refuses it.
+SHARED_NETWORKS = _with_mapped(("100.64.0.0/10",))
+
+
+def client_acl(*, block_global: bool, block_private: bool) -> str:
+    """The frontend lines that refuse a client the way mitmproxy's Block addon would (an
+    address these lists miss counts as global: refused under block_global, failing closed)."""
+    lines = [
+        f"    acl local_client src {' '.join(LOCAL_NETWORKS)}",
+        f"    acl private_client src {' '.join(PRIVATE_NETWORKS)}",
+        f"    acl shared_client src {' '.join(SHARED_NETWORKS)}",
+    ]
+    if block_private:
+        lines.append("    tcp-request connection reject if private_client !local_client")
+    if block_global:
+        lines.append(
+            "    tcp-request connection reject if !local_client !private_client !shared_client"
+        )
+    return "\n".join(lines)
+
+
 def render_config(
     listen_host: str,
     listen_port: int,
@@ -55,9 +103,12 @@ def render_config(
     maxconn: int = 4096,
     connect_timeout_ms: int = 5000,
     idle_timeout_s: int = 3600,
+    block_global: bool = True,
+    block_private: bool = False,
 ) -> str:
-    """The HAProxy configuration: one TCP frontend on the listen address, one backend with a
-    health-checked server per worker. Raises ValueError on an empty or odd input."""
+    """The HAProxy configuration: one TCP frontend on the listen address (refusing the clients
+    mitmproxy's `block_global`/`block_private` would), one backend with a health-checked server
+    per worker. Raises ValueError on an empty or odd input."""
     if not backends:
         raise ValueError("at least one backend is needed")
     if balance not in BALANCES:
@@ -93,6 +144,7 @@ defaults
 
 frontend claimroute
     bind {_bind_address(listen_host, listen_port)}
+{client_acl(block_global=block_global, block_private=block_private)}
     default_backend workers
 
 backend workers

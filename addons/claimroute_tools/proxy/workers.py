@@ -75,6 +75,9 @@ class ListenSpec:
     port: int = 8080
     rest: list[str] = field(default_factory=list)
     metrics: str | None = None
+    # mitmproxy's defaults; HAProxy applies them to the real client address (haproxy.py).
+    block_global: bool = True
+    block_private: bool = False
 
 
 def split_listen_options(args: Sequence[str]) -> ListenSpec:
@@ -108,6 +111,8 @@ def split_listen_options(args: Sequence[str]) -> ListenSpec:
             )
         if item == "--set" and index + 1 < len(items):
             key, _, value = items[index + 1].partition("=")
+            if key in ("block_global", "block_private"):  # also passed on to the workers
+                setattr(spec, key, _flag(value, key))
             if key in ("listen_host", "listen_port", "claimroute_metrics"):
                 index += 2
                 if key == "listen_host":
@@ -120,6 +125,16 @@ def split_listen_options(args: Sequence[str]) -> ListenSpec:
         spec.rest.append(item)
         index += 1
     return spec
+
+
+def _flag(value: str, what: str) -> bool:
+    """A boolean `--set` value as mitmproxy reads it."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on", ""):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise SystemExit(f"claimroute proxy: --set {what}={value}: expected true or false")
 
 
 def _port(value: str, what: str) -> int:
@@ -265,7 +280,9 @@ class Supervisor:
         config = config_dir / "haproxy.cfg"
         backends = [Backend(LOOPBACK, port) for port in self.ports]
         config.write_text(render_config(self.spec.host, self.listen_port, backends,
-                                        balance=self.balance))  # fmt: skip
+                                        balance=self.balance,
+                                        block_global=self.spec.block_global,
+                                        block_private=self.spec.block_private))  # fmt: skip
         self.haproxy = Child("haproxy", [str(haproxy), "-db", "-f", str(config)])
         await self.haproxy.start()
         await self._await_listening()

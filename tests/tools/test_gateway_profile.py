@@ -280,3 +280,123 @@ def test_the_lab_profile_follows_the_environment_for_the_addon_only(monkeypatch,
     monkeypatch.setenv("CLAIMROUTE_LAB_PROFILE", "fast")
     with pytest.raises(ValueError, match="CLAIMROUTE_LAB_PROFILE"):
         MitmdumpProcess(None, confdir=tmp_path)
+
+
+# Review 17: the gateway runs the `-s` scripts and the addon in mitmdump's order, and keeps
+# enforcing what mitmdump enforces when options change once running.
+
+ORDER_POLICY = """\
+version: 1
+providers:
+  corp:
+    issuer: https://corp.test
+    jwks: {{file: corp.jwks.json}}
+rbac:
+  default_action: deny
+  policies:
+    - name: readers
+      action: allow
+      principals: [{{provider: corp}}]
+      permissions: {{methods: [GET]}}
+routes:
+  - name: all
+    match: {{authenticated: true}}
+    upstream: {upstream}
+"""
+
+# A sidecar-like script that adds a service token: it decides the outcome by running before or
+# after the addon's verification.
+INJECT = """\
+def requestheaders(flow):
+    flow.request.headers["authorization"] = "Bearer {token}"
+"""
+
+
+async def _status(port: int, upstream: EchoUpstream, headers: str = "") -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        request = (f"GET {upstream.url}/x HTTP/1.1\r\nHost: {upstream.url[7:]}\r\n{headers}"
+                   "Connection: close\r\n\r\n")  # fmt: skip
+        writer.write(request.encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    finally:
+        writer.close()
+    return int(head.split(b" ", 2)[1])
+
+
+async def _outcome(
+    profile: str, policy: Path, upstream: EchoUpstream, headers: str = "", **kwargs: object
+) -> tuple[int, int]:
+    upstream.clear()
+    async with MitmdumpProcess(policy, profile=profile, **kwargs) as proxy:  # type: ignore[arg-type]
+        assert proxy.port is not None
+        status = await _status(proxy.port, upstream, headers)
+    return status, len(upstream.received)
+
+
+async def test_scripts_and_the_addon_run_in_mitmdumps_order(tmp_path: Path) -> None:
+    from claimroute_tools.lab.mitmdump import ADDON_SCRIPT
+
+    corp = TestIssuer("corp", "RS256", issuer="https://corp.test")
+    corp.write_jwks(tmp_path / "corp.jwks.json")
+    inject = tmp_path / "inject.py"
+    inject.write_text(INJECT.format(token=corp.mint("svc")))
+    addon, script = ["-s", str(ADDON_SCRIPT)], ["-s", str(inject)]
+    async with EchoUpstream("up") as upstream:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(ORDER_POLICY.format(upstream=upstream.url))
+        # The addon first (`mitmdump -s ADDON -s inject.py`): refused before the script runs.
+        after = await _outcome("mitmdump", policy, upstream, extra_args=script)
+        assert after == (401, 0), after
+        given = await _outcome("gateway", policy, upstream, extra_args=[*addon, *script])
+        assert given == after, f"gateway {given} != mitmdump {after}"
+        # No `-s ADDON` given: first, where `claimroute proxy` puts it for mitmdump.
+        implied = await _outcome("gateway", policy, upstream, extra_args=script)
+        assert implied == after, f"gateway {implied} != mitmdump {after}"
+        # The script first (the lab's fault injector: `-s inject.py -s ADDON`): it runs first.
+        before = await _outcome("mitmdump", policy, upstream, script=inject, extra_args=addon)
+        assert before == (200, 1), before
+        lean = await _outcome("gateway", policy, upstream, script=inject, extra_args=addon)
+        assert lean == before, f"gateway {lean} != mitmdump {before}"
+
+
+SETS_PROXYAUTH = """\
+from mitmproxy import ctx
+
+
+def running():
+    # e.g. credentials fetched once the proxy runs (a secret store, a rotation)
+    ctx.options.update(proxyauth="alice:secret")
+"""
+
+
+async def test_proxyauth_set_once_running_is_enforced_as_in_mitmdump(tmp_path: Path) -> None:
+    corp = TestIssuer("corp", "RS256", issuer="https://corp.test")
+    corp.write_jwks(tmp_path / "corp.jwks.json")
+    script = tmp_path / "sets_proxyauth.py"
+    script.write_text(SETS_PROXYAUTH)
+    headers = f"Authorization: Bearer {corp.mint('alice')}\r\n"
+    async with EchoUpstream("up") as upstream:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(ORDER_POLICY.format(upstream=upstream.url))
+        results = {
+            profile: await _outcome(
+                profile, policy, upstream, headers, extra_args=["-s", str(script)]
+            )
+            for profile in ("mitmdump", "gateway")
+        }
+    assert results["mitmdump"] == (407, 0), results
+    assert results["gateway"] == results["mitmdump"], results
+
+
+@pytest.mark.parametrize("mode", ["dns@0", "wireguard@0"])
+def test_gateway_refuses_modes_it_cannot_serve(tmp_path: Path, mode: str) -> None:
+    """DNS (and WireGuard's in-tunnel DNS) need mitmproxy's resolver, left out of the gateway:
+    a startup error rather than a proxy answering SERVFAIL."""
+    good = valid_policy(tmp_path)
+    common = ["--listen-host", "127.0.0.1", "--set", f"confdir={tmp_path}"]
+    done = _claimroute_proxy("--profile", "gateway", str(good), *common, "--mode", mode)
+    assert done.returncode == 1, done.stdout + done.stderr
+    name = mode.split("@")[0]
+    assert f"mode {mode} is not served by the gateway profile: {name}" in done.stdout + done.stderr

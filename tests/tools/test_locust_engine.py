@@ -7,21 +7,32 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import signal
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from claimroute_bench.procstat import descendants
 from claimroute_tools.scenario import RunResult, cli, load_scenario, run_scenario
 from claimroute_tools.scenario.engines import locust_engine
 from claimroute_tools.scenario.engines.locust_engine import (
+    LocustFailed,
     LocustOptions,
     LocustUnavailable,
     check_available,
 )
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "scenarios"
+JWT = re.compile(rb"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
 LOCUST = importlib.util.find_spec("locust") is not None and importlib.util.find_spec("gevent")
 needs_locust = pytest.mark.skipif(not LOCUST, reason="locust (claimroute[locust]) not installed")
 
@@ -169,3 +180,117 @@ def test_the_workers_read_who_served_an_answer_as_the_runner_does() -> None:
         "primary", "canary", "canary", None, "v1", "primary", "v2", "v2", None, None,
     ]  # fmt: skip
     assert [word for _, word in pairs] == [expected for expected, _ in pairs]
+
+
+# -- tokens stay off the disk (review 17) ---------------------------------------------------
+
+
+def _token_files(folder: Path) -> list[str]:
+    """Files under `folder` holding a JWT, with their modes."""
+    leaks = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and JWT.search(path.read_bytes()):
+            leaks.append(f"{path} ({oct(stat.S_IMODE(path.stat().st_mode))})")
+    return leaks
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary directory `mkdtemp` uses, for this test only (to see what is left)."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.mark.e2e
+@needs_locust
+async def test_no_token_is_left_on_disk_after_a_run(tmp_path: Path, private_tmp: Path) -> None:
+    # The segment files carry every request's headers, the bearer token included: they must
+    # not land in the run directory (which one shares), nor stay in the temporary one.
+    scenario = load_scenario(SCENARIOS / "key-rotation.yaml").with_overrides(requests=30)
+    out = tmp_path / "run"
+    result = await run_scenario(scenario, out, progress=False, engine="locust",
+                                locust=LocustOptions(workers=1))  # fmt: skip
+    assert result.summary is not None and result.passed
+    assert (out / "locust" / "outcomes.jsonl").exists()  # what the report needs is kept
+    assert (out / "locust" / "master.log").exists()
+    assert not _token_files(out), "bearer tokens left in the run directory"
+    assert not list(private_tmp.iterdir()), "the private plan folder was not removed"
+
+
+@pytest.mark.e2e
+@needs_locust
+async def test_the_plan_folder_is_private_and_removed_when_the_run_fails(
+    tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, list[int]]] = []
+
+    async def fail(done: Path, *_args: Any) -> bool:
+        # The first segment is written; Locust (really started) then "stops".
+        folder = done.parent
+        modes = [stat.S_IMODE(p.stat().st_mode) for p in folder.glob("segment-*.json")]
+        seen.append((stat.S_IMODE(folder.stat().st_mode), modes))
+        raise LocustFailed("the Locust master exited (code 1)")
+
+    monkeypatch.setattr(locust_engine, "_drain", fail)
+    scenario = load_scenario(SCENARIOS / "key-rotation.yaml").with_overrides(requests=30)
+    with pytest.raises(LocustFailed):
+        await run_scenario(scenario, tmp_path / "run", progress=False, engine="locust",
+                           locust=LocustOptions(workers=1))  # fmt: skip
+    assert seen, "the engine never reached its first segment"
+    folder_mode, file_modes = seen[0]
+    assert folder_mode == 0o700
+    assert all(mode == 0o600 for mode in file_modes)  # if the master has not read it yet
+    assert not list(private_tmp.iterdir()), "the private plan folder was not removed"
+    assert not _token_files(tmp_path / "run")
+
+
+# -- Locust dies with the runner (review 17) ------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.e2e
+@needs_locust
+def test_locust_processes_die_with_a_killed_runner(tmp_path: Path) -> None:
+    # Locust runs in its own session (Ctrl-C reaches the runner only); a SIGKILLed runner
+    # (OOM killer, CI timeout) cannot stop it, so the kernel must (PR_SET_PDEATHSIG).
+    out = tmp_path / "run"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "claimroute_tools.cli", "scenario", "key-rotation", "--engine",
+         "locust", "--locust-workers", "1", "--requests", "20000", "--no-progress",
+         "--out", str(out)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    kids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "locust" / "outcomes.jsonl").exists():
+            assert runner.poll() is None, "the runner ended before Locust sent traffic"
+            time.sleep(0.3)
+        kids = descendants(runner.pid)
+        assert kids, "no Locust process found"
+        # While it runs: no token on a command line (/proc/PID/cmdline is world-readable).
+        for pid in kids:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                assert not JWT.search(handle.read()), f"a token on process {pid}'s command line"
+    finally:
+        runner.kill()
+        runner.wait(30)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(p) for p in kids):
+            time.sleep(0.3)
+        left = [p for p in kids if _alive(p)]
+        assert not left, f"still running 20 s after the runner was killed: {left}"
+    finally:
+        for pid in kids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

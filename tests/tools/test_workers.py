@@ -15,6 +15,8 @@ import hashlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -192,6 +194,38 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_the_listen_address_in_the_equals_spelling_is_haproxys(tmp_path, corp) -> None:
+    """Review 17: `--set=listen_host=`/`--set=listen_port=` (argparse's one-token spelling) name
+    HAProxy's address; the workers each get a loopback port of their own."""
+    port = _free_port()
+    async with EchoUpstream("primary") as primary, EchoUpstream("canary") as canary:
+        policy = write_policy(tmp_path, primary.url, canary.url)
+        listen = ("--set=listen_host=127.0.0.1", f"--set=listen_port={port}",
+                  "--set=block_private")  # fmt: skip
+        async with WorkerSetProcess(policy, 2, listen=listen) as proxy:
+            assert proxy.port == port, proxy.output[-2000:]
+            ready = next(line for line in proxy.lines if "HAProxy, 2 workers" in line)
+            assert f"listening on 127.0.0.1:{port} " in ready
+            async with fresh_session() as session:
+                url = f"{primary.url}/api/items"
+                status, _ = await get(session, f"http://127.0.0.1:{port}", url, corp.mint("al"))
+                assert status == 200  # loopback passes block_private, as with one process
+
+
+@pytest.mark.parametrize("mode", ["transparent", "wireguard"])
+def test_a_mode_haproxy_cannot_carry_is_refused_at_start(tmp_path, mode) -> None:
+    """Nothing starts: the message says why, before any worker or HAProxy."""
+    policy = write_policy(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9")
+    done = subprocess.run(
+        [sys.executable, "-m", "claimroute_tools.cli", "proxy", "--workers", "2", str(policy),
+         "--mode", mode, "--set", f"confdir={tmp_path}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"--mode {mode} cannot run behind HAProxy" in done.stderr
+    assert "worker 1" not in done.stdout
 
 
 async def _metrics_decisions(port: int) -> int:

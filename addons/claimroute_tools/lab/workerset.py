@@ -36,7 +36,9 @@ class WorkerSetProcess(MitmdumpProcess):
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        listen: Sequence[str] = ("--listen-host", "127.0.0.1", "-p", "0"),
     ) -> None:
+        """`listen`: the listen address options (default: loopback, a port the OS picks)."""
         super().__init__(policy_path, mode=mode, options=options, env=env, cwd=cwd,
                          profile=profile)  # fmt: skip
         self.workers = workers
@@ -45,7 +47,7 @@ class WorkerSetProcess(MitmdumpProcess):
             sys.executable, "-m", "claimroute_tools.cli", "proxy",
             "--workers", str(workers), "--profile", profile, "--balance", balance,
             str(self.policy_path),
-            "--listen-host", "127.0.0.1", "-p", "0", "--mode", mode,
+            *listen, "--mode", mode,
             "--set", f"confdir={self.confdir}", "--set", "termlog_verbosity=info",
             *_set_args(self.options), *extra_args,
         ]  # fmt: skip

@@ -14,18 +14,24 @@ save, HAR, playback, sticky cookies/auth, the flow display...).
 
 Kept, in mitmdump's order (so that hooks run in the same order and the upstream gets the same
 bytes): Core (option checks), Block (block_global/block_private), DisableH2C (h2c upgrade
-smuggling), ProxyAuth and UpstreamAuth (only while their option is set), Proxyserver (with
-mitmproxy's request validation, `validate_inbound_headers`), `-s` scripts, the claimroute addon,
-NextLayer, TlsConfig, UpdateAltSvc (keeps reverse-proxy clients from being told to bypass the
+smuggling), ProxyAuth, Proxyserver (with mitmproxy's request validation,
+`validate_inbound_headers`), the `-s` scripts with the claimroute addon among them, NextLayer,
+TlsConfig, UpstreamAuth, UpdateAltSvc (keeps reverse-proxy clients from being told to bypass the
 proxy), the terminal log and ErrorCheck (an error logged at startup exits 1 with the message).
-The addon is registered after the `-s` scripts have loaded and then configured with every option,
-as mitmdump's script loader does, so it sees (and refuses) options set before it existed.
+ProxyAuth and UpstreamAuth stay in the chain even while their option is unset, so that setting it
+later (a script, once running) is enforced as in mitmdump; unset, each costs well under a
+microsecond per event. The addon runs where mitmdump runs it among the scripts: at the position of
+its `-s` (`-s ADDON` as mitmdump and the lab pass it), first when none is given (where
+`claimroute proxy` puts it for mitmdump). It is registered after the `-s` scripts have loaded and
+then configured with every option, as mitmdump's script loader does, so it sees (and refuses)
+options set before it existed.
 mitmproxy's `update` event is not sent when no addon listens for it (`GatewayAddons`).
 Left out: the flow display (dumper), interactive and replay features (console commands, cut,
 export, client/server playback, reading flow files, keepserving), traffic rewriting (anticache,
 anticomp, map local/remote, modify headers/body, sticky cookie/auth, block_list), saving flows
 (save, HAR), the onboarding app (mitm.it), the browser launcher and DNS mode's resolver. Setting
-an option of a left-out addon is a startup error rather than silently ignored.
+an option of a left-out addon, or a mode that needs one (dns, wireguard), is a startup error
+rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mitmproxy import addonmanager, exceptions, hooks, master, options
+from mitmproxy import addonmanager, ctx, exceptions, hooks, master, options
 from mitmproxy.addons import (
     block,
     core,
@@ -52,6 +58,7 @@ from mitmproxy.addons import (
     update_alt_svc,
     upstream_auth,
 )
+from mitmproxy.proxy import mode_specs
 from mitmproxy.tools import cmdline
 from mitmproxy.tools import main as mitm_main
 
@@ -68,8 +75,12 @@ _ADDON_SCRIPTS = frozenset({
 })  # fmt: skip
 # Options only a left-out addon reads, which a harness passes to every mitmdump: ignored.
 _DISPLAY_ONLY = frozenset({"flow_detail", "dumper_filter", "dumper_default_contentview"})
-# Addons in the chain only while their option is set (they would otherwise do nothing).
-_WHILE_SET = {"proxyauth": "proxyauth", "upstreamauth": "upstream_auth", "scriptloader": "scripts"}
+# Modes whose traffic a left-out addon serves: DNS mode and WireGuard's in-tunnel DNS (10.0.0.53)
+# are answered by mitmproxy's DNS resolver; without it every query gets SERVFAIL.
+_UNSERVED_MODES = {
+    mode_specs.DnsMode: "dns (its DNS resolver is left out)",
+    mode_specs.WireGuardMode: "wireguard (its in-tunnel DNS resolver is left out)",
+}
 
 LEFT_OUT = (
     "the flow display (dumper, flow_detail), interactive and replay features (commands, cut, "
@@ -86,6 +97,59 @@ def _is_addon_script(spec: str) -> bool:
         return Path(path).resolve() in _ADDON_SCRIPTS
     except OSError:
         return False
+
+
+class GatewayScriptLoader(script.ScriptLoader):
+    """mitmproxy's script loader with the claimroute addon built in among the `-s` scripts.
+
+    A `scripts` entry naming the addon's own entry script is not loaded as a script: the
+    built-in addon takes its place, so it runs where mitmdump would run it (first when no entry
+    names it, as `claimroute proxy` puts it first for mitmdump). Events reach the scripts and
+    the addon in `.addons` order, as they reach mitmdump's scripts.
+    """
+
+    name = "scriptloader"  # what mitmproxy and scripts look it up by
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[script.Script] = []  # the user's scripts, in order
+        self.builtin: object | None = None  # the claimroute addon, once registered
+        self._position = 0  # how many user scripts run before the addon
+
+    def attach(self, addon: object) -> None:
+        """Put the (registered) built-in addon at its position among the scripts."""
+        self.builtin = addon
+        self._arrange()
+
+    def _arrange(self) -> None:
+        extra = [] if self.builtin is None else [self.builtin]
+        self.addons = [*self.scripts[: self._position], *extra, *self.scripts[self._position :]]
+
+    def configure(self, updated: set[str]) -> None:
+        """mitmproxy's `ScriptLoader.configure`, skipping (and placing) the addon's entry."""
+        if "scripts" not in updated:
+            return
+        specs = list(ctx.options.scripts)
+        for spec in specs:
+            if specs.count(spec) > 1:
+                raise exceptions.OptionsError("Duplicate script")
+        own = [i for i, spec in enumerate(specs) if _is_addon_script(spec)]
+        wanted = [spec for spec in specs if not _is_addon_script(spec)]
+        self._position = sum(1 for spec in specs[: own[0]] if spec in wanted) if own else 0
+        for old in self.scripts[:]:
+            if old.path not in wanted:
+                log.info("Un-loading script: %s", old.path)
+                ctx.master.addons.remove(old)
+                self.scripts.remove(old)
+        current = {s.path: s for s in self.scripts}
+        new = [script.Script(spec, True) for spec in wanted if spec not in current]
+        fresh = {s.path: s for s in new}
+        self.scripts = [current.get(spec) or fresh[spec] for spec in wanted]
+        self._arrange()
+        for loaded in new:
+            ctx.master.addons.register(loaded)
+            if self.is_running:  # as mitmproxy: a script added once running is told so
+                ctx.master.addons.invoke_addon_sync(loaded, hooks.RunningHook())
 
 
 class GatewayAddons(addonmanager.AddonManager):
@@ -137,7 +201,7 @@ class GatewayMaster(master.Master):
             disable_h2c.DisableH2C(),
             proxyauth.ProxyAuth(),
             proxyserver.Proxyserver(),
-            script.ScriptLoader(),
+            GatewayScriptLoader(),
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
             upstream_auth.UpstreamAuth(),
@@ -145,15 +209,19 @@ class GatewayMaster(master.Master):
             errorcheck.ErrorCheck(),
         )
 
-    def _prune(self) -> None:
-        """Take out of the chain the addons whose option is unset: each would be asked about
-        every event of every request and do nothing."""
-        for name, option in _WHILE_SET.items():
-            addon = self.addons.get(name)
-            if addon is not None and not getattr(self.options, option):
-                # Out of the event chain only: the addon stays registered (its options too).
-                self.addons.chain = [a for a in self.addons.chain if a is not addon]
-        self.addons._listens = None
+    def _refuse_unserved_modes(self) -> None:
+        for spec in self.options.mode:
+            try:
+                mode = mode_specs.ProxyMode.parse(spec)
+            except ValueError:
+                continue  # Proxyserver reports an invalid mode itself
+            for kind, why in _UNSERVED_MODES.items():
+                if isinstance(mode, kind):
+                    log.error(
+                        "claimroute gateway: mode %s is not served by the gateway profile: %s; "
+                        "use `claimroute proxy` without --profile gateway",
+                        spec, why,
+                    )  # fmt: skip
 
     def _refuse_unknown_options(self) -> None:
         unknown = sorted(set(self.options.deferred) - _DISPLAY_ONLY)
@@ -165,16 +233,15 @@ class GatewayMaster(master.Master):
             )  # fmt: skip
 
     def _add_claimroute(self) -> None:
-        """Register the addon after the `-s` scripts, as mitmdump loads it after the scripts
-        given before it (a script may patch what the addon uses before its policy loads),
-        and put it right after them in the chain, where mitmdump's script loader sits."""
+        """Register the addon after the `-s` scripts have loaded (a script may patch what the
+        addon uses before its policy loads) and put it at its position among them."""
         addon = ClaimRoute()
         loader = self.addons.get("scriptloader")
         try:
             # Registered outside the chain, as mitmproxy registers a script's addon: the
             # deferred claimroute* values are set, but no configure event reaches it yet...
             self.addons.register(addon)
-            self.addons.chain.insert(self.addons.chain.index(loader) + 1, addon)
+            loader.attach(addon)
             # ...then one configure with every option, as the script loader does: the addon
             # sees (and refuses) options set before it existed (validate_inbound_headers=false,
             # allow_hosts, ignore_hosts) and reads the others (stream_large_bodies).
@@ -189,7 +256,7 @@ class GatewayMaster(master.Master):
         the loop's first turns (a script that fails to load stays unloaded: bounded)."""
         loader = self.addons.get("scriptloader")
         for _ in range(50):
-            if all(s.ns is not None for s in loader.addons):
+            if all(s.ns is not None for s in loader.scripts):
                 return
             await asyncio.sleep(0)
 
@@ -197,27 +264,8 @@ class GatewayMaster(master.Master):
         await self._await_scripts()
         self._add_claimroute()
         self._refuse_unknown_options()  # logged as an error: ErrorCheck exits 1 before serving
-        self._prune()
+        self._refuse_unserved_modes()
         await super().run()
-
-
-def _drop_addon_scripts(argv: Sequence[str]) -> list[str]:
-    """`argv` without `-s`/`--scripts` options naming the addon's own entry scripts."""
-    out: list[str] = []
-    items = list(argv)
-    index = 0
-    while index < len(items):
-        item = items[index]
-        if item in ("-s", "--scripts") and index + 1 < len(items):
-            if _is_addon_script(items[index + 1]):
-                index += 2
-                continue
-        elif item.startswith("--scripts=") and _is_addon_script(item.split("=", 1)[1]):
-            index += 1
-            continue
-        out.append(item)
-        index += 1
-    return out
 
 
 def make_parser(opts: options.Options) -> argparse.ArgumentParser:
@@ -235,7 +283,7 @@ def make_parser(opts: options.Options) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway until SIGINT/SIGTERM; exits 1 (with the message) on a startup error."""
-    arguments = _drop_addon_scripts(sys.argv[1:] if argv is None else argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
     mitm_main.run(GatewayMaster, make_parser, arguments)
     return 0
 

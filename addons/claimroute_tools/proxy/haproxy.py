@@ -12,7 +12,9 @@ addon (`block_global`, on by default, and `block_private`) would let every clien
 frontend applies the same rule to the real client address before a connection reaches a worker
 (`client_acl`): loopback always passes; `block_private` refuses Python's private networks;
 `block_global` refuses every address that is neither private nor shared, which is mitmproxy's
-`is_global` or, for an address the lists miss, more (failing closed).
+`is_global` or, for an address the lists miss, more (failing closed). Python changed its private
+networks in 3.12.4 (gh-113171), so both versions' lists are applied: an address is refused if
+mitmproxy would refuse it on either.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def _bind_address(host: str, port: int) -> str:
     return f"{host or '*'}:{port}"
 
 
+def _frontend_bind(host: str, port: int) -> str:
+    """The frontend's bind: every interface, IPv4 and IPv6, for an empty host (as mitmproxy
+    listens with `listen_host` empty), else that one address."""
+    if not host:
+        return f":::{port} v4v6"
+    return _bind_address(host, port)
+
+
 def _with_mapped(networks: tuple[str, ...]) -> tuple[str, ...]:
     """IPv4 networks plus their IPv4-mapped IPv6 spellings (mitmproxy unmaps ::ffff:a.b.c.d)."""
     mapped = []
@@ -61,32 +71,56 @@ def _with_mapped(networks: tuple[str, ...]) -> tuple[str, ...]:
 
 # mitmproxy's Block addon (mitmproxy/addons/block.py) lets loopback through whatever the options.
 LOCAL_NETWORKS = _with_mapped(("127.0.0.0/8", "::1/128"))
-# Python's `is_private` networks (ipaddress, 3.12), loopback apart: what block_private refuses.
-PRIVATE_NETWORKS = _with_mapped((
+# Python's `is_private` networks, loopback apart, as CPython 3.12.0-3.12.3 has them. (Mapped
+# ::ffff:0:0/96 is left out of both lists: mitmproxy unmaps such an address before judging it.)
+PRIVATE_NETWORKS_OLD = _with_mapped((
     "0.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/29",
     "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
     "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
-    "::/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "2002::/16",
+    "::/128", "100::/64", "2001::/23", "2001:2::/48", "2001:db8::/32", "2001:10::/28",
     "fc00::/7", "fe80::/10",
 ))  # fmt: skip
-# Neither private nor global (shared address space, RFC 6598): neither option refuses it.
+# The same since CPython 3.12.4 and in 3.13/3.14 (gh-113171; 3fff::/20 from 3.14), ...
+PRIVATE_NETWORKS_NEW = _with_mapped((
+    "0.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+    "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+    "::/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "2002::/16",
+    "3fff::/20", "fc00::/7", "fe80::/10",
+))  # fmt: skip
+# ... minus these exceptions, which those versions deem global (`_private_networks_exceptions`).
+PRIVATE_EXCEPTIONS_NEW = _with_mapped((
+    "192.0.0.9/32", "192.0.0.10/32",
+    "2001:1::1/128", "2001:1::2/128", "2001:3::/32", "2001:4:112::/48", "2001:20::/28",
+    "2001:30::/28",
+))  # fmt: skip
+# Neither private nor global (shared address space, RFC 6598) on every version.
 SHARED_NETWORKS = _with_mapped(("100.64.0.0/10",))
 
 
 def client_acl(*, block_global: bool, block_private: bool) -> str:
-    """The frontend lines that refuse a client the way mitmproxy's Block addon would (an
-    address these lists miss counts as global: refused under block_global, failing closed)."""
+    """The frontend lines that refuse a client the way mitmproxy's Block addon would on ANY
+    supported Python (the project allows >= 3.12, whose versions disagree on some networks):
+    HAProxy refuses an address if mitmproxy refuses it on one of them (failing closed)."""
     lines = [
         f"    acl local_client src {' '.join(LOCAL_NETWORKS)}",
-        f"    acl private_client src {' '.join(PRIVATE_NETWORKS)}",
+        f"    acl private_old src {' '.join(PRIVATE_NETWORKS_OLD)}",
+        f"    acl private_new src {' '.join(PRIVATE_NETWORKS_NEW)}",
+        f"    acl private_exception src {' '.join(PRIVATE_EXCEPTIONS_NEW)}",
         f"    acl shared_client src {' '.join(SHARED_NETWORKS)}",
     ]
+    # Lines of one option are ORed: each is one Python version's reason to refuse.
     if block_private:
-        lines.append("    tcp-request connection reject if private_client !local_client")
+        lines += [
+            "    tcp-request connection reject if !local_client private_old",
+            "    tcp-request connection reject if !local_client private_new !private_exception",
+        ]
     if block_global:
-        lines.append(
-            "    tcp-request connection reject if !local_client !private_client !shared_client"
-        )
+        lines += [
+            "    tcp-request connection reject if !local_client !shared_client !private_old",
+            "    tcp-request connection reject if !local_client !shared_client !private_new",
+            "    tcp-request connection reject if !local_client !shared_client private_exception",
+        ]
     return "\n".join(lines)
 
 
@@ -143,7 +177,7 @@ defaults
     timeout server {idle_timeout_s}s
 
 frontend claimroute
-    bind {_bind_address(listen_host, listen_port)}
+    bind {_frontend_bind(listen_host, listen_port)}
 {client_acl(block_global=block_global, block_private=block_private)}
     default_backend workers
 

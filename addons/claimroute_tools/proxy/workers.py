@@ -2,8 +2,9 @@
 
 One mitmproxy process serves a few hundred requests a second on one core; this runs N of them
 (the lean gateway profile unless `--profile mitmdump`), each on a loopback port of its own, and
-HAProxy in TCP mode on the listen address (`--listen-host`/`--listen-port`, `-p`, or
-`--set listen_host=/listen_port=`), health-checking them.
+HAProxy in TCP mode on the listen address (`--listen-host`/`--listen-port`, `-p`,
+`--set listen_host=/listen_port=` or CONFDIR/config.yaml, read as mitmproxy reads them),
+health-checking them. Only modes a TCP frontend can carry are accepted (`check_modes`).
 
 - Every worker runs the same policy file and polls it itself, so a policy change reaches every
   worker (each logs its own reload). Routing is a pure function of the token and the policy (the
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -37,7 +37,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from claimroute_tools.procutil import die_with_parent
 from claimroute_tools.proxy.haproxy import (
     BALANCES,
     INSTALL_HINT,
@@ -80,61 +82,131 @@ class ListenSpec:
     block_private: bool = False
 
 
-def split_listen_options(args: Sequence[str]) -> ListenSpec:
-    """Take `--listen-host`, `--listen-port`/`-p` and `--set listen_host=/listen_port=` (and
-    `--set claimroute_metrics=`) out of the options: HAProxy listens there, not the workers."""
-    spec = ListenSpec()
-    items = list(args)
-    index = 0
+_LISTEN_FLAGS = ("--listen-host", "--listen-port", "-p")
+_SET_KEYS_TAKEN = ("listen_host", "listen_port", "claimroute_metrics")
+# mitmproxy modes HAProxy's TCP frontend can carry: the client's first bytes name the target (or
+# the mode has a fixed one). Transparent needs the original destination, which HAProxy's
+# connection to the worker no longer has; wireguard, dns, local and udp-based reverse modes are
+# not TCP streams on the listen port.
+_TCP_MODES = ("regular", "upstream", "socks5", "reverse")
+_UDP_REVERSE_SCHEMES = ("dns", "udp", "dtls", "quic", "http3")
 
-    def value_at(i: int, flag: str) -> str:
-        if i + 1 >= len(items):
-            raise SystemExit(f"claimroute proxy: {flag} needs a value")
-        return items[i + 1]
 
-    while index < len(items):
-        item = items[index]
-        name, eq, inline = item.partition("=")
-        if name in ("--listen-host", "--listen-port", "-p"):
-            value = inline if eq else value_at(index, name)
-            index += 1 if eq else 2
-            if name == "--listen-host":
-                spec.host = value
-            else:
-                spec.port = _port(value, name)
-            continue
-        if name in ("--mode", "-m") and "@" in (inline if eq else value_at(index, name)):
+class _OptionLoader:
+    """What an addon's `load(loader)` needs to declare its options on a bare Options."""
+
+    def __init__(self, opts: Any) -> None:
+        self.opts = opts
+
+    def add_option(self, name: str, typespec: Any, default: Any, help: str,
+                   choices: Sequence[str] | None = None) -> None:  # fmt: skip
+        self.opts.add_option(name, typespec, default, help, choices)
+
+
+def proxy_options(args: Sequence[str], profile: str = "gateway") -> Any:
+    """The option values one proxy process would end with, read the way mitmproxy reads them
+    (mitmproxy/tools/main.py): its own parser for the profile (flags, `--set` in every
+    spelling), then CONFDIR/config.yaml, then the flags again. Only mitmproxy's core and Block
+    options are declared; every other `--set` lands in `.deferred`, flags of other addons are
+    skipped. A bad value is a usage error (SystemExit with mitmproxy's message)."""
+    from mitmproxy import exceptions, options, optmanager
+    from mitmproxy.addons import block
+    from mitmproxy.tools import cmdline
+
+    opts = options.Options()
+    block.Block().load(_OptionLoader(opts))
+    if profile == "gateway":
+        from claimroute_tools.proxy.gateway import make_parser
+
+        parser = make_parser(opts)
+    else:
+        parser = cmdline.mitmdump(opts)
+    namespace, _ = parser.parse_known_args(list(args))
+    try:
+        opts.set(*namespace.setoptions, defer=True)
+        optmanager.load_paths(
+            opts,
+            os.path.join(opts.confdir, "config.yaml"),
+            os.path.join(opts.confdir, "config.yml"),
+        )
+        given = {k: v for k, v in vars(namespace).items() if k in opts and v is not None}
+        opts.update(**given)
+    except exceptions.OptionsError as exc:
+        raise SystemExit(f"claimroute proxy: {exc}") from None
+    return opts
+
+
+def check_modes(modes: Sequence[str]) -> None:
+    """SystemExit unless every mode is one HAProxy's TCP frontend can carry to a worker, on
+    the shared listen address."""
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    for spec in modes:
+        try:
+            mode = ProxyMode.parse(spec)
+        except ValueError as exc:
+            raise SystemExit(f"claimroute proxy: --mode {spec}: {exc}") from None
+        if mode.custom_listen_port is not None or mode.custom_listen_host is not None:
             # A mode's own @PORT would have every worker bind that port: one address only.
             raise SystemExit(
                 "claimroute proxy --workers: a --mode with its own @PORT is not supported; "
                 "use --listen-port"
             )
-        if item == "--set" and index + 1 < len(items):
-            key, _, value = items[index + 1].partition("=")
-            if key in ("block_global", "block_private"):  # also passed on to the workers
-                setattr(spec, key, _flag(value, key))
-            if key in ("listen_host", "listen_port", "claimroute_metrics"):
-                index += 2
-                if key == "listen_host":
-                    spec.host = value
-                elif key == "listen_port":
-                    spec.port = _port(value, "listen_port")
-                else:
-                    spec.metrics = value or None
+        scheme = getattr(mode, "scheme", "") if mode.type_name == "reverse" else ""
+        # reverse:https also listens on UDP (HTTP/3); HAProxy carries its TCP side only.
+        if mode.type_name not in _TCP_MODES or scheme in _UDP_REVERSE_SCHEMES:
+            raise SystemExit(
+                f"claimroute proxy --workers: --mode {spec} cannot run behind HAProxy's TCP "
+                "frontend (transparent needs the original destination; wireguard, local, dns "
+                "and UDP modes are not TCP on the listen port); --workers supports regular, "
+                "upstream:, socks5 and reverse: to a TCP/HTTP/TLS server. Run one proxy "
+                "without --workers for this mode."
+            )
+
+
+def _strip_listen_options(args: Sequence[str]) -> list[str]:
+    """The options minus the listen address and metrics in every spelling (the workers get
+    their own, appended after these, which would win anyway)."""
+    items = list(args)
+    rest: list[str] = []
+    index = 0
+    while index < len(items):
+        item = items[index]
+        name, eq, value = item.partition("=")
+        if name in _LISTEN_FLAGS:
+            index += 1 if eq else 2
+            continue
+        if item.startswith("-p") and item[2:].isdigit():  # argparse's -p8080
+            index += 1
+            continue
+        if name == "--set":
+            key = value if eq else (items[index + 1] if index + 1 < len(items) else "")
+            if key.partition("=")[0] in _SET_KEYS_TAKEN:
+                index += 1 if eq else 2
                 continue
-        spec.rest.append(item)
+        rest.append(item)
         index += 1
-    return spec
+    return rest
 
 
-def _flag(value: str, what: str) -> bool:
-    """A boolean `--set` value as mitmproxy reads it."""
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes", "on", ""):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise SystemExit(f"claimroute proxy: --set {what}={value}: expected true or false")
+def split_listen_options(args: Sequence[str], profile: str = "gateway") -> ListenSpec:
+    """The listen address, metrics and Block options the workers' options add up to (read as
+    mitmproxy reads them: every `--set` spelling, CONFDIR/config.yaml), and the options to pass
+    on to the workers: the user's, minus the listen address. HAProxy listens there, not the
+    workers. Refuses (SystemExit) a mode HAProxy cannot carry."""
+    opts = proxy_options(args, profile)
+    check_modes(opts.mode)
+    metrics = opts.deferred.get("claimroute_metrics")
+    if isinstance(getattr(metrics, "val", None), list):  # a deferred `--set`: its strings
+        metrics = metrics.val[-1] if metrics.val else None
+    return ListenSpec(
+        host=opts.listen_host,
+        port=8080 if opts.listen_port is None else _port(str(opts.listen_port), "listen_port"),
+        rest=_strip_listen_options(args),
+        metrics=str(metrics) if metrics not in (None, "") else None,
+        block_global=bool(opts.block_global),
+        block_private=bool(opts.block_private),
+    )
 
 
 def _port(value: str, what: str) -> int:
@@ -156,13 +228,6 @@ def worker_metrics(spec: str | None, index: int) -> str | None:
     base = _port(port, "claimroute_metrics")
     chosen = base + index - 1 if base else 0
     return f"{host}:{chosen}" if host else str(chosen)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the supervisor dies (Linux prctl)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Child:
@@ -188,7 +253,7 @@ class Child:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},  # a worker's lines as they come
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(),  # SIGTERM when the supervisor dies
             # Its own session: Ctrl-C in a terminal reaches the supervisor only, which then
             # stops HAProxy and the workers itself (no worker "dies" and gets restarted).
             start_new_session=True,
@@ -239,7 +304,7 @@ class Supervisor:
     ) -> None:
         from claimroute_tools.cli import proxy_command  # the command of one `claimroute proxy`
 
-        self.spec = split_listen_options(proxy_args)
+        self.spec = split_listen_options(proxy_args, profile)
         self.count = count
         self.balance = balance
         self.ports = [free_port() for _ in range(count)]

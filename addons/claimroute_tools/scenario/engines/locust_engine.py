@@ -3,17 +3,21 @@
 Locust runs as subprocesses (`python -m locust`, master plus N local workers; more workers may
 join from other machines with Locust's own `--master-host`): gevent monkeypatches the process
 it runs in, so it never runs inside the runner's asyncio process. The locustfile shipped next
-to this module (`locustfile.py`) does the Locust side; the two talk through files in the run's
-`locust/` folder:
+to this module (`locustfile.py`) does the Locust side; the two talk through files:
 
 - `segment-K.json` (written here): the planned requests between two timeline boundaries, each
-  with its absolute URL and its headers (the user's token included: the folder lives in the
-  run directory, which is fine for test issuers; keep it private for external tokens);
-- `outcomes.jsonl` (written by the master): one outcome per request, as the workers saw it;
-- `segment-K.done` (master): every request of segment K has its outcome: the timeline's steps
-  run now, exactly as with the built-in engine (traffic stops at the boundary and waits for
-  every request in flight);
-- `finish` (here): the master quits, and with it every worker.
+  with its absolute URL and its headers, the user's token included. So they go to a private
+  temporary folder (mode 0700, files 0600, never the run directory), the master deletes each
+  one once read, and the folder is removed when the run ends (also on failure and Ctrl-C);
+- `outcomes.jsonl` (written by the master into the run's `locust/` folder, with Locust's
+  logs): one outcome per request, as the workers saw it (no headers, no tokens);
+- `segment-K.done` (master, private folder): every request of segment K has its outcome:
+  the timeline's steps run now, exactly as with the built-in engine (traffic stops at the
+  boundary and waits for every request in flight);
+- `finish` (here, private folder): the master quits, and with it every worker.
+
+Locust's processes run in their own session (Ctrl-C reaches the runner only, which stops
+them), and die with the runner when it is killed (PR_SET_PDEATHSIG, Linux).
 
 So one Locust run covers the whole timeline; a boundary costs the time to drain the requests
 in flight plus a few file polls (20 ms each), not a restart.
@@ -26,6 +30,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from claimroute_tools.procutil import die_with_parent
 from claimroute_tools.scenario.model import Scenario
 from claimroute_tools.scenario.traffic import (
     PlannedRequest,
@@ -48,7 +54,8 @@ from claimroute_tools.scenario.traffic import (
 )
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-RUN_DIR_ENV = "CLAIMROUTE_LOCUST_DIR"  # as in locustfile.py
+RUN_DIR_ENV = "CLAIMROUTE_LOCUST_DIR"  # as in locustfile.py: outcomes.jsonl
+PLAN_DIR_ENV = "CLAIMROUTE_LOCUST_PLAN"  # as in locustfile.py: segments, markers (private)
 POLL = 0.02
 START_WAIT = 60  # seconds the master waits for its workers
 STOP_WAIT = 20.0  # seconds to let Locust quit before it is killed
@@ -142,17 +149,25 @@ def _free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_privately(path: Path, text: str) -> None:
+    """Write `path` readable by this user only (0600), atomically (the master polls it)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
     os.replace(tmp, path)
 
 
 class _LocustProcesses:
-    """The master and the local workers, with their logs; `close()` stops every one."""
+    """The master and the local workers, with their logs; `close()` stops every one.
 
-    def __init__(self, folder: Path, options: LocustOptions, users: int, budget: float) -> None:
+    `folder` keeps the logs and the outcomes; `plan` (private) the segment files and markers.
+    """
+
+    def __init__(self, folder: Path, plan: Path, options: LocustOptions, users: int,
+                 budget: float) -> None:  # fmt: skip
         self.folder = folder
+        self.plan = plan
         self.options = options
         self.users = users
         self.budget = budget
@@ -168,11 +183,15 @@ class _LocustProcesses:
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
             env=env, start_new_session=True,
+            # Killed with the runner (a SIGKILLed runner cannot stop them itself): SIGKILL,
+            # as there is nothing left for them to finish once the runner is gone.
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )  # fmt: skip
 
     async def start(self) -> None:
         """Start the master, then the local workers."""
-        env = {**os.environ, RUN_DIR_ENV: str(self.folder), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, RUN_DIR_ENV: str(self.folder), PLAN_DIR_ENV: str(self.plan),
+               "PYTHONUNBUFFERED": "1"}  # fmt: skip
         opts = self.options
         run_time = f"{int(self.budget) + 60}s"  # a backstop: the runner ends the run itself
         self.master = await self._spawn("master", [
@@ -182,7 +201,7 @@ class _LocustProcesses:
             "-r", str(self.users), "-t", run_time, "--stop-timeout", "0", "--only-summary",
         ], env)  # fmt: skip
         connect = "127.0.0.1" if opts.master_host in ("0.0.0.0", "") else opts.master_host
-        worker_env = {k: v for k, v in env.items() if k != RUN_DIR_ENV}
+        worker_env = {k: v for k, v in env.items() if k not in (RUN_DIR_ENV, PLAN_DIR_ENV)}
         for index in range(opts.workers):
             worker = await self._spawn(f"worker-{index}", [
                 "--worker", "--master-host", connect, "--master-port", str(self.port),
@@ -213,7 +232,7 @@ class _LocustProcesses:
     async def close(self) -> None:
         """Ask the master to quit (it stops the workers); kill whatever is left."""
         with contextlib.suppress(OSError):
-            (self.folder / "finish").write_text("")
+            (self.plan / "finish").write_text("")
         for proc in [p for p in (self.master, *self.workers) if p is not None]:
             try:
                 await asyncio.wait_for(proc.wait(), STOP_WAIT)
@@ -330,9 +349,11 @@ async def drive_locust(
     deadline = time.monotonic() + traffic.time_budget
     folder = Path(tempfile.mkdtemp(prefix="claimroute-locust-")) if run_dir is None else run_dir
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*"):
+    for stale in folder.glob("*"):  # an earlier run's (older versions left segments here)
         if stale.is_file():
             stale.unlink()
+    # The segments carry every user's token: a private folder (mkdtemp: 0700), removed below.
+    plan_dir = Path(tempfile.mkdtemp(prefix="claimroute-locust-plan-"))
     outcomes = _Outcomes(folder / "outcomes.jsonl")
     by_index = {planned.index: planned for planned in plan}
     phases: dict[int, tuple[int, str | None]] = {}  # index -> (phase, kid) when it was sent
@@ -340,7 +361,8 @@ async def drive_locust(
     incomplete: str | None = None
     traffic_time = 0.0  # seconds of sending, steps excluded
     edges = sorted({0, *boundaries, len(plan)})
-    locust = _LocustProcesses(folder, options, traffic.concurrency, traffic.time_budget)
+    locust = _LocustProcesses(folder, plan_dir, options, traffic.concurrency,
+                              traffic.time_budget)  # fmt: skip
     try:
         await locust.start()
         phase = 0
@@ -370,9 +392,9 @@ async def drive_locust(
                 "served_by": _served_by(scenario),
                 "requests": requests,
             }
-            _write_atomically(folder / f"segment-{segment}.json", json.dumps(document))
+            _write_privately(plan_dir / f"segment-{segment}.json", json.dumps(document))
             clock = time.monotonic()
-            drained = await _drain(folder / f"segment-{segment}.done", locust, outcomes,
+            drained = await _drain(plan_dir / f"segment-{segment}.done", locust, outcomes,
                                    progress, deadline)  # fmt: skip
             traffic_time += time.monotonic() - clock
             if not drained:
@@ -382,7 +404,10 @@ async def drive_locust(
                 )
                 break
     finally:
-        await asyncio.shield(locust.close())
+        try:
+            await asyncio.shield(locust.close())
+        finally:  # also when closing fails or is cancelled (Ctrl-C)
+            shutil.rmtree(plan_dir, ignore_errors=True)
     for _ in range(outcomes.read_new()):
         progress.advance()
     results = []

@@ -6,10 +6,12 @@ master (`locust -f - --worker --master-host HOST`) without claimroute installed.
 
 How work flows (the runner's side is `locust_engine.py`):
 
-- The runner writes `segment-K.json` into the run's Locust folder (`CLAIMROUTE_LOCUST_DIR`,
-  set for the master only): the proxy URL and the planned requests between two timeline
-  boundaries, each as `[index, method, absolute URL, headers]` (and optionally a body, as
-  text), and how upstreams say who served an answer (the scenario's `served_by`).
+- The runner writes `segment-K.json` into a private folder of its own
+  (`CLAIMROUTE_LOCUST_PLAN`, set for the master only; the requests carry the users' tokens,
+  so the master deletes each file as soon as it has read it): the proxy URL and the planned
+  requests between two timeline boundaries, each as `[index, method, absolute URL,
+  headers]` (and optionally a body, as text), and how upstreams say who served an answer
+  (the scenario's `served_by`).
 - The master loads it and hands requests out in small batches to the workers that ask for
   them (`want` -> `work`), so fast workers take more and any number of workers is fine.
 - Each worker's users send their requests through the proxy (absolute-form, like a browser
@@ -17,9 +19,11 @@ How work flows (the runner's side is `locust_engine.py`):
   upstream's own word on who served it (read in the order of the runner's
   `attribution.served_word`; the runner maps it to an upstream), latency, wall clock
   start/end, error.
-- The master appends the outcomes to `outcomes.jsonl`; when every request of the segment has
-  its outcome it writes `segment-K.done`. The runner then runs the timeline's steps and writes
-  the next segment. `finish` makes the master quit (and with it every worker).
+- The master appends the outcomes to `outcomes.jsonl` in the run's Locust folder
+  (`CLAIMROUTE_LOCUST_DIR`; no tokens there); when every request of the segment has its
+  outcome it writes `segment-K.done` into the private folder. The runner then runs the
+  timeline's steps and writes the next segment. `finish` (private folder too) makes the
+  master quit (and with it every worker).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from locust import User, events, task
 from locust.contrib.fasthttp import FastHttpSession
 from locust.runners import MasterRunner, WorkerRunner
 
-RUN_DIR_ENV = "CLAIMROUTE_LOCUST_DIR"
+RUN_DIR_ENV = "CLAIMROUTE_LOCUST_DIR"  # outcomes.jsonl (kept for the report)
+PLAN_DIR_ENV = "CLAIMROUTE_LOCUST_PLAN"  # segment files, markers (private; default: the same)
 POLL = 0.02  # seconds between looks at the run folder / an idle worker's next ask
 FLUSH = 0.05  # a worker sends its outcomes at least this often
 MAX_SECONDS = 24 * 3600  # the master's folder watcher gives up after this long
@@ -50,9 +55,10 @@ MAX_SECONDS = 24 * 3600  # the master's folder watcher gives up after this long
 class _Master:
     """Serves the current segment's requests and collects the outcomes."""
 
-    def __init__(self, environment: Any, folder: Path) -> None:
+    def __init__(self, environment: Any, folder: Path, plan: Path) -> None:
         self.environment = environment
         self.folder = folder
+        self.plan = plan
         self.segment = -1
         self.queue: deque[list[Any]] = deque()
         self.proxy = ""
@@ -67,11 +73,12 @@ class _Master:
         """Load each next segment file as it appears; quit on `finish`."""
         deadline = time.monotonic() + MAX_SECONDS
         while time.monotonic() < deadline:
-            if (self.folder / "finish").exists():
+            if (self.plan / "finish").exists():
                 break
-            nxt = self.folder / f"segment-{self.segment + 1}.json"
+            nxt = self.plan / f"segment-{self.segment + 1}.json"
             if not self.active and nxt.exists():
                 document = json.loads(nxt.read_text(encoding="utf-8"))
+                nxt.unlink(missing_ok=True)  # it holds tokens: keep them on disk no longer
                 self.segment += 1
                 self.proxy = document["proxy"]
                 self.timeout = float(document.get("timeout", self.timeout))
@@ -108,7 +115,7 @@ class _Master:
 
     def _segment_done(self) -> None:
         self.active = False
-        (self.folder / f"segment-{self.segment}.done").write_text(str(self.received))
+        (self.plan / f"segment-{self.segment}.done").write_text(str(self.received))
 
 
 # -- worker ---------------------------------------------------------------------------------
@@ -178,7 +185,7 @@ def _on_init(environment: Any, **_kwargs: Any) -> None:
         folder = os.environ.get(RUN_DIR_ENV)
         if not folder:
             raise SystemExit(f"{RUN_DIR_ENV} is not set: run this through claimroute scenario")
-        _master = _Master(environment, Path(folder))
+        _master = _Master(environment, Path(folder), Path(os.environ.get(PLAN_DIR_ENV) or folder))
         runner.register_message("want", _master.on_want)
         runner.register_message("outcomes", _master.on_outcomes)
     elif isinstance(runner, WorkerRunner):

@@ -41,7 +41,9 @@ def _run(
     info = result.summary()
     info["cpu_share"] = {name: round(used / wall, 3) for name, used in cpu.used.items()}
     info["cpu_share"]["others"] = round(cpu.others() / wall, 3)
-    proxy_cpu = cpu.used.get("proxy", 0.0)
+    # "proxy", or "proxy0", "proxy1", ... for a proxy made of several processes (workers).
+    proxy_cpu = sum(used for name, used in cpu.used.items() if name.startswith("proxy"))
+    info["proxy_cpu_share"] = round(proxy_cpu / wall, 3)
     total = result.completed
     info["proxy_cpu_ms_per_request"] = round(proxy_cpu / total * 1000, 4) if total else None
     return result, info

@@ -86,10 +86,6 @@ def run(
                     pids = {f"proxy{i}": pid for i, pid in enumerate(own)}
                     pids.update({"upstream": upstream.pid, **gen_pids})
                     _, info = _run(lg, url, Job(url, concurrency, seconds, warmup), pids)
-                    proxy_cpu = sum(
-                        v for k, v in info["cpu_share"].items() if k.startswith("proxy")
-                    )
-                    info["proxy_cpu_share"] = round(proxy_cpu, 3)
                     runs[name].append(info)
         finally:
             for proc in proxies.values():

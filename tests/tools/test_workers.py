@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from claimroute_bench.procstat import descendants
 from claimroute_tools.lab import EchoUpstream, MitmdumpProcess, TestIssuer
 from claimroute_tools.lab.workerset import WorkerSetProcess
 from claimroute_tools.proxy.haproxy import find_haproxy
@@ -86,27 +87,6 @@ def fresh_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -137,7 +117,7 @@ async def test_workers_serve_survive_a_killed_worker_and_stop_cleanly(tmp_path, 
                 assert statuses == [200] * 8
                 assert (await get(session, proxy.proxy_url, f"{primary.url}/x", token))[0] == 403
 
-                supervised = descendants(proxy.pid or 0)
+                supervised = set(descendants(proxy.pid))
                 assert {first, second} <= supervised and len(supervised) >= 3  # + HAProxy
                 mark = proxy.mark()
                 os.kill(first, signal.SIGKILL)
@@ -156,13 +136,13 @@ async def test_workers_serve_survive_a_killed_worker_and_stop_cleanly(tmp_path, 
                 assert during and set(during) == {200}, during
                 assert "worker 1 (pid" in proxy.output and "exited with" in proxy.output
                 assert proxy.alive and alive(second)  # the other worker never stopped
-                after = descendants(proxy.pid or 0)
+                after = set(descendants(proxy.pid))
                 assert first not in after
                 statuses = [(await get(session, proxy.proxy_url, url, token))[0] for _ in range(8)]
                 assert statuses == [200] * 8
         finally:
             supervisor = proxy.pid
-            everything = descendants(supervisor or 0)
+            everything = set(descendants(supervisor))
             code = await proxy.astop()
         assert code == 0, proxy.output[-3000:]
         assert "all workers and HAProxy stopped" in proxy.output
